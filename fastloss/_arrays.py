@@ -1,0 +1,126 @@
+"""Array families and dtype rules at the API boundary.
+
+Everything a kernel receives has been through here: a NumPy array of a native-byte-order float
+dtype the kernels are compiled for (float32 or float64), C-contiguous and flat. Everything a user
+gets back goes through :func:`wrap` so that it comes back in the family the user passed
+(NumPy in, NumPy out; torch in, torch out).
+"""
+import sys
+
+import numpy as np
+
+NUMPY = "numpy"
+TORCH = "torch"
+
+#: dtypes the CPU kernels are compiled for; float16 is computed in float32.
+_COMPUTE = {np.dtype(np.float16): np.dtype(np.float32),
+            np.dtype(np.float32): np.dtype(np.float32),
+            np.dtype(np.float64): np.dtype(np.float64)}
+
+
+def _is_torch(x):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def family_of(x):
+    return TORCH if _is_torch(x) else NUMPY
+
+
+def to_numpy(x, name):
+    """``np.asarray`` of ``x``; any failure becomes a TypeError naming the argument."""
+    if isinstance(x, np.ndarray):
+        return x
+    if _is_torch(x):
+        if x.device.type != "cpu":
+            raise TypeError(f"{name} is a torch tensor on {x.device}; the CPU backend needs CPU tensors")
+        torch = sys.modules["torch"]
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        x = x.resolve_conj().resolve_neg()
+        return x.numpy()
+    if x is None:
+        raise TypeError(f"{name} must be an array, not None")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an array of numbers, not {type(x).__name__}")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # an object whose __array__ raises, ragged lists, ...
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    return arr
+
+
+def pred_dtypes(pred):
+    """(dtype to return, dtype to compute in) for a prediction array; TypeError if not real float."""
+    dt = pred.dtype
+    if dt.kind != "f":
+        raise TypeError(f"pred must be a real floating-point array (float16, float32 or float64), got dtype {dt}")
+    compute = _COMPUTE.get(dt.newbyteorder("="))
+    if compute is None:
+        raise TypeError(f"pred dtype {dt} is not supported; use float16, float32 or float64")
+    return dt.newbyteorder("="), compute
+
+
+def as_real(arr, name, dtype):
+    """``arr`` as a C-contiguous array of ``dtype``; TypeError for non-real data."""
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def as_labels(arr, name):
+    """Integer class labels as a C-contiguous int64 array; TypeError for non-integer dtypes."""
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels (or class probabilities of pred's shape), "
+                        f"got dtype {arr.dtype} and shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} has labels too large for int64")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_out(out, shape, dtype, name="out"):
+    """Validate a user-given gradient buffer: an array of pred's shape and dtype, writeable."""
+    if _is_torch(out):
+        out_np = out.detach().numpy() if out.device.type == "cpu" else None
+        if out_np is None:
+            raise TypeError(f"{name} is on {out.device}; expected a CPU tensor")
+    elif isinstance(out, np.ndarray):
+        out_np = out
+    else:
+        raise TypeError(f"{name} must be an array of pred's shape and dtype, got {type(out).__name__}")
+    if out_np.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out_np.shape}, expected pred's shape {tuple(shape)}")
+    if out_np.dtype.newbyteorder("=") != dtype or not out_np.dtype.isnative:
+        raise TypeError(f"{name} has dtype {out_np.dtype}, expected pred's dtype {dtype}")
+    if not out_np.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out_np
+
+
+def kernel_buffer(out_np, n, dtype):
+    """A flat C-contiguous buffer for a kernel to write a gradient into: ``out`` itself when it
+    can be written in place, otherwise a new array (copied into ``out`` by :func:`finish_out`)."""
+    if out_np is not None and out_np.dtype == dtype and out_np.flags.c_contiguous:
+        return out_np.reshape(-1)
+    return np.empty(n, dtype=dtype)
+
+
+def finish_out(buf, out_np, shape, dtype):
+    """Shape a kernel's gradient buffer as the result: copied into ``out`` if given."""
+    res = buf.reshape(shape)
+    if out_np is None:
+        return res if res.dtype == dtype else res.astype(dtype)
+    if not np.shares_memory(res, out_np):
+        out_np[...] = res
+    return out_np
+
+
+def wrap(value, family, out=None):
+    """Return a result in the caller's family. ``out``: the user's own buffer, returned as is."""
+    if out is not None:
+        return out
+    if family == NUMPY:
+        return value
+    torch = sys.modules["torch"]
+    return torch.from_numpy(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else np.asarray(value))

@@ -1,0 +1,315 @@
+"""Loss objects: the public face of every loss (``loss(...)``, ``loss.grad``, ``loss.value_and_grad``).
+
+The layer is deliberately thin: parse keywords, validate and convert the inputs, pick the backend,
+allocate, launch the compiled kernel, wrap the result. Kernels are built on first use, once per
+loss, and compiled by Numba once per dtype (and loaded from its disk cache in later processes).
+"""
+import math
+
+import numpy as np
+
+from . import _arrays, _config
+
+VALUE, GRAD, BOTH = "value", "grad", "value_and_grad"
+
+
+class Option:
+    """A loss's keyword option: default, validity rule and how it reaches the kernel.
+
+    ``check`` returns True for valid values (it receives a float, or an array when
+    ``array=True`` and the user passed one); ``rule`` says in words what is valid.
+    ``kind`` is ``float`` or ``bool``.
+    """
+
+    def __init__(self, name, default, check=None, rule="", kind=float, array=False, none_as=None, host=False):
+        self.name, self.default, self.check, self.rule = name, default, check, rule
+        self.kind, self.array, self.none_as = kind, array, none_as
+        self.host = host  # used by the Python layer only, never passed to a kernel
+
+    def convert(self, loss_name, value):
+        if value is None and self.none_as is not None:
+            value = self.none_as
+        if self.kind is object:  # validated by the loss itself
+            return value
+        if self.kind is int:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"{loss_name}: {self.name} must be an integer, got {value!r}")
+            value = int(value)
+            if self.check is not None and not self.check(value):
+                raise ValueError(f"{loss_name}: {self.name} must be {self.rule}, got {value!r}")
+            return value
+        if self.kind is bool:
+            if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
+                raise TypeError(f"{loss_name}: {self.name} must be True or False, got {value!r}")
+            return bool(value)
+        if self.array and not np.isscalar(value) and value is not None:
+            arr = _arrays.to_numpy(value, self.name)
+            if arr.ndim > 0:
+                if arr.dtype.kind not in "fiu":
+                    raise TypeError(f"{loss_name}: {self.name} must be a real number or array, got dtype {arr.dtype}")
+                arr = arr.astype(np.float64)
+                if self.check is not None and not np.all(self.check(arr)):
+                    raise ValueError(f"{loss_name}: every {self.name} must be {self.rule}")
+                return arr
+            value = arr[()]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{loss_name}: {self.name} must be a real number, got {value!r}")
+        value = float(value)
+        if self.check is not None and not self.check(value):
+            raise ValueError(f"{loss_name}: {self.name} must be {self.rule}, got {value!r}")
+        return value
+
+
+def _reduce_value(total, wsum, reduction):
+    if reduction == "sum":
+        return total
+    # mean: Σ w·l / Σ w. An empty input, or weights that sum to zero, has no mean.
+    return total / wsum if wsum != 0 else math.nan
+
+
+def _grad_scale(wsum, reduction):
+    if reduction in ("sum", "none"):
+        return 1.0
+    return 1.0 / wsum if wsum != 0 else 0.0  # no mean: the gradient is zero (as PyTorch's all-ignored CE)
+
+
+class Loss:
+    """Base class of every loss: keyword handling shared by ``__call__``, ``grad``, ``value_and_grad``."""
+
+    reductions = ("mean", "sum", "none")
+    options = ()
+
+    def __init__(self, name, doc=None):
+        self.name = name
+        self.__name__ = name
+        self.__qualname__ = name
+        if doc:
+            self.__doc__ = doc
+
+    def __repr__(self):
+        opts = ", ".join(f"{o.name}={o.default!r}" for o in self.options)
+        return f"<fastloss loss {self.name}({opts})>"
+
+    def __call__(self, pred, target, **kwargs):
+        return self._run(VALUE, pred, target, kwargs)
+
+    def grad(self, pred, target, **kwargs):
+        """Gradient of the loss with respect to ``pred`` (same keywords as the loss, plus ``out``)."""
+        return self._run(GRAD, pred, target, kwargs)
+
+    def value_and_grad(self, pred, target, **kwargs):
+        """``(value, gradient)`` computed in one pass over memory (same keywords, plus ``out``)."""
+        return self._run(BOTH, pred, target, kwargs)
+
+    def _parse(self, op, kwargs):
+        reduction = kwargs.pop("reduction", "mean")
+        sample_weight = kwargs.pop("sample_weight", None)
+        out = kwargs.pop("out", None)
+        if out is not None and op == VALUE:
+            raise TypeError(f"{self.name}() got an unexpected keyword argument 'out' "
+                            "(out receives the gradient: use .grad or .value_and_grad)")
+        if not isinstance(reduction, str) or reduction not in self.reductions:
+            raise ValueError(f"{self.name}: reduction must be one of {', '.join(map(repr, self.reductions))}, "
+                             f"got {reduction!r}")
+        known = {o.name: o for o in self.options}
+        for key in kwargs:
+            if key not in known:
+                raise TypeError(f"{self.name}() got an unexpected keyword argument {key!r}")
+        opts = {o.name: o.convert(self.name, kwargs.get(o.name, o.default)) for o in self.options}
+        return reduction, sample_weight, out, opts
+
+    def _run(self, op, pred, target, kwargs):
+        reduction, sample_weight, out, opts = self._parse(op, dict(kwargs))
+        family = _arrays.family_of(pred)
+        p = _arrays.to_numpy(pred, "pred")
+        rdt, cdt = _arrays.pred_dtypes(p)
+        t = _arrays.to_numpy(target, "target")
+        out_np = _arrays.check_out(out, p.shape, rdt) if out is not None else None
+        w = None if sample_weight is None else _arrays.to_numpy(sample_weight, "sample_weight")
+        value, grad = self._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
+        if op == VALUE:
+            return _arrays.wrap(value, family)
+        g = _arrays.wrap(grad, family, out)
+        if op == GRAD:
+            return g
+        return _arrays.wrap(value, family), g
+
+    def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):  # pragma: no cover
+        raise NotImplementedError
+
+
+class ElementwiseLoss(Loss):
+    """A loss computed element by element from two scalar functions of (pred, target, *options).
+
+    ``value(p, t, *opts)`` is the loss of one element and ``deriv(p, t, *opts)`` its derivative
+    with respect to ``p``. Optional ``target_flags(t)`` returns integer bit flags describing a
+    target value; they are OR-ed over the input inside the kernel (no extra pass over memory) and
+    ``flags_error(flags)`` turns them into an exception message (or None if the input is valid).
+    """
+
+    def __init__(self, name, value, deriv, options=(), doc=None, target_flags=None, flags_error=None,
+                 validate=None):
+        super().__init__(name, doc)
+        self.value_fn, self.deriv_fn = value, deriv
+        self.options = tuple(options)
+        self.target_flags, self.flags_error = target_flags, flags_error
+        self.validate = validate
+        self._cpu = None
+
+    # -- kernels -----------------------------------------------------------------------------
+    def cpu_kernels(self):
+        """The generated CPU kernel module (built on first use; compiled per dtype by Numba)."""
+        if self._cpu is None:
+            from .kernels import cpu_elementwise
+            self._cpu = cpu_elementwise.build(self.name, self.value_fn, self.deriv_fn,
+                                              self.kernel_options(), self.target_flags)
+        return self._cpu
+
+    def kernel_options(self):
+        return [o.name for o in self.options if not o.host]
+
+    # -- hooks for losses whose weights are not elementwise (kl_div) --------------------------
+    def _weights(self, w, shape, cdt, opts):
+        """(per-element weights or None, Σ w that "mean" divides by)."""
+        n = int(np.prod(shape))
+        if w is None:
+            return None, float(n)
+        if w.shape != tuple(shape):
+            raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected pred's shape {tuple(shape)}")
+        w = _arrays.as_real(w, "sample_weight", cdt).reshape(-1)
+        return w, float(w.sum(dtype=np.float64))
+
+    def _denominator(self, reduction, wsum, shape, opts):
+        return wsum
+
+    def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
+        if t.shape != p.shape:
+            raise ValueError(f"{self.name}: target has shape {t.shape}, expected pred's shape {p.shape}")
+        if self.validate is not None:
+            self.validate(opts)
+        shape = p.shape
+        pf = np.ascontiguousarray(p, dtype=cdt).reshape(-1)
+        tf = _arrays.as_real(t, "target", cdt).reshape(-1)
+        wf, wsum = self._weights(w, shape, cdt, opts)
+        wsum = self._denominator(reduction, wsum, shape, opts)
+        params = []
+        for o in self.options:
+            if o.host:
+                continue
+            v = opts[o.name]
+            if isinstance(v, np.ndarray):
+                try:
+                    v = np.broadcast_to(v, shape)
+                except ValueError:
+                    raise ValueError(f"{self.name}: {o.name} of shape {v.shape} does not broadcast to pred's shape {shape}") from None
+                v = np.ascontiguousarray(v, dtype=cdt).reshape(-1)
+            params.append(v)
+
+        n = pf.size
+        vals = np.empty(n, dtype=cdt) if reduction == "none" and op != GRAD else None
+        grad = _arrays.kernel_buffer(out_np, n, cdt) if op != VALUE else None
+        scale = _grad_scale(wsum, reduction)
+        k = self.cpu_kernels()
+        nchunks = -(-n // _config.CHUNK)
+        total, flags = 0.0, 0
+        if nchunks <= 1:  # small input: one serial chunk (a parallel launch would cost more)
+            if op == VALUE:
+                total, flags = k.value_chunk(pf, tf, wf, vals, *params, 0, n)
+            elif op == GRAD:
+                flags = k.grad_chunk(pf, tf, wf, grad, scale, *params, 0, n)
+            else:
+                total, flags = k.both_chunk(pf, tf, wf, vals, grad, scale, *params, 0, n)
+        else:
+            fl = np.empty(nchunks, dtype=np.int64)
+            sums = np.empty(nchunks, dtype=np.float64)
+            if op == VALUE:
+                k.value_par(pf, tf, wf, vals, *params, sums, fl, _config.CHUNK)
+            elif op == GRAD:
+                k.grad_par(pf, tf, wf, grad, scale, *params, fl, _config.CHUNK)
+            else:
+                k.both_par(pf, tf, wf, vals, grad, scale, *params, sums, fl, _config.CHUNK)
+            total = float(sums.sum()) if op != GRAD else 0.0
+            flags = int(np.bitwise_or.reduce(fl))
+        if flags and self.flags_error is not None:
+            msg = self.flags_error(flags)
+            if msg:
+                raise ValueError(f"{self.name}: {msg}")
+
+        value = None
+        if op != GRAD:
+            if reduction == "none":
+                value = vals.reshape(shape)
+                if value.dtype != rdt:
+                    value = value.astype(rdt)
+            else:
+                value = rdt.type(_reduce_value(total, wsum, reduction))
+        g = _arrays.finish_out(grad, out_np, shape, rdt) if op != VALUE else None
+        return value, g
+
+
+def elementwise_loss(value, deriv, *, name=None, params=None, validate=None, doc=None):
+    """Define an elementwise loss from its scalar math; every built-in elementwise loss is made so.
+
+    Parameters
+    ----------
+    value : function ``value(pred, target, *params) -> float``
+        The loss of one element, written with arithmetic and ``math.*`` (and plain helper
+        functions and numeric constants). It is compiled by Numba for every backend.
+    deriv : function ``deriv(pred, target, *params) -> float``
+        d value / d pred, with the same arguments.
+    name : str, optional
+        Defaults to ``value.__name__``.
+    params : dict, optional
+        The loss's options, name -> default, in the order the functions take them. They become
+        keyword-only options of the loss; a value may also be an array broadcastable to pred's
+        shape (an option per element).
+    validate : function, optional
+        Called with the options as keyword arguments before any kernel runs; raise ValueError
+        to reject them.
+    doc : str, optional
+        The loss's docstring.
+
+    Returns
+    -------
+    A loss object with ``__call__``, ``.grad`` and ``.value_and_grad``, compiled on first use and
+    cached on disk when the functions' source can be read (not for lambdas).
+
+    Example
+    -------
+    >>> import math, numpy as np, fastloss as fl
+    >>> def pseudo_huber(p, t, delta):
+    ...     r = (p - t) / delta
+    ...     return delta * delta * (math.sqrt(1.0 + r * r) - 1.0)
+    >>> def pseudo_huber_deriv(p, t, delta):
+    ...     r = (p - t) / delta
+    ...     return delta * r / math.sqrt(1.0 + r * r)
+    >>> ph = fl.elementwise_loss(pseudo_huber, pseudo_huber_deriv, params={"delta": 1.0})
+    >>> float(ph(np.array([0.0, 3.0]), np.array([0.0, 0.0]), reduction="sum", delta=2.0))  # doctest: +ELLIPSIS
+    3.2111...
+    """
+    import inspect
+
+    options = []
+    for key, default in (params or {}).items():
+        if isinstance(default, Option):
+            options.append(default)
+        else:
+            kind = bool if isinstance(default, bool) else float
+            options.append(Option(key, default, kind=kind, array=kind is float))
+    names = [o.name for o in options]
+    for fn, role in ((value, "value"), (deriv, "deriv")):
+        if not callable(fn):
+            raise TypeError(f"elementwise_loss: {role} must be a function")
+        try:
+            sig = list(inspect.signature(getattr(fn, "py_func", fn)).parameters)
+        except (TypeError, ValueError):
+            continue
+        if len(sig) != 2 + len(names) or sig[2:] != names:
+            raise TypeError(f"elementwise_loss: {role} must take (pred, target{''.join(', ' + n for n in names)}), "
+                            f"got ({', '.join(sig)})")
+    user_validate = None
+    if validate is not None:
+        def user_validate(opts):
+            validate(**opts)
+    return ElementwiseLoss(name or getattr(value, "__name__", "loss"), value, deriv, options, doc=doc,
+                           validate=user_validate)

@@ -1,0 +1,233 @@
+"""Turn a loss's scalar math (plain Python functions) into a module of real kernels.
+
+A loss's math is written once, as plain scalar functions. Kernel *templates* (one per backend and
+kind of loop, in this folder) say how to loop over arrays and call them. This module glues the two
+by writing source text, not by building closures, because Numba's on-disk cache (``cache=True``)
+holds only for functions defined at module level in a file: kernels made in a factory (closures),
+or jitted functions passed as arguments, compile again in every process (numba issue 6264).
+
+So for each loss and template we write one ``.py`` file into the cache folder: the scalar
+functions' source, copied from where they are defined, then the template. Its name carries a hash
+of its text, so an edited loss gets a new file (and a new Numba cache) and an unchanged loss loads
+its compiled kernels from disk. Files are written once, atomically, so processes racing to create
+the same module see either nothing or the whole file.
+
+Scalar functions may use arithmetic, ``math.*``, numeric constants (global or closed over) and
+other plain functions (copied recursively). Functions whose source cannot be read (lambdas,
+functions typed at a prompt) still work: their module is built in memory, with the functions
+injected, and is simply not cached on disk.
+"""
+import ast
+import builtins
+import hashlib
+import importlib.util
+import inspect
+import math
+import os
+import sys
+import tempfile
+import textwrap
+import threading
+import types
+
+from .. import _config
+
+# Generated source format version: bump when templates change in a way the hash would not see.
+_FORMAT = "1"
+
+#: Every template's header has this line; in-memory modules get ``CACHE = False`` instead.
+CACHE_FLAG_LINE = "CACHE = True"
+
+_lock = threading.Lock()
+_loaded = {}  # module file name -> module
+
+
+class ScalarSource:
+    """The source of a set of scalar functions, ready to paste into a generated module.
+
+    ``text`` defines every function under a generated name; ``names`` maps each role ("value",
+    "deriv", ...) to that name; ``injected`` holds objects that could not be written as source
+    (then the module cannot be cached on disk).
+    """
+
+    def __init__(self, text, names, imports, injected):
+        self.text = text
+        self.names = names
+        self.imports = imports
+        self.injected = injected
+
+
+class _NoSource(Exception):
+    pass
+
+
+def _plain_function(fn):
+    fn = getattr(fn, "py_func", fn)  # a Numba dispatcher: use the Python function it wraps
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"expected a plain Python function, got {type(fn).__name__}")
+    return fn
+
+
+def _free_names(fdef):
+    """Names a function reads that are neither its arguments nor its locals."""
+    args = {a.arg for a in fdef.args.args + fdef.args.kwonlyargs + fdef.args.posonlyargs}
+    stored, loaded = set(), []
+    for node in ast.walk(fdef):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Store):
+                stored.add(node.id)
+            elif node.id not in loaded:
+                loaded.append(node.id)
+    return [n for n in loaded if n not in args and n not in stored]
+
+
+def _resolve(fn, name):
+    """The object a free name of ``fn`` refers to: a closure cell, a global or a builtin."""
+    code = fn.__code__
+    if name in code.co_freevars and fn.__closure__:
+        return fn.__closure__[code.co_freevars.index(name)].cell_contents
+    if name in fn.__globals__:
+        return fn.__globals__[name]
+    if hasattr(builtins, name):
+        return getattr(builtins, name)
+    raise _NoSource(f"{fn.__qualname__} uses undefined name {name!r}")
+
+
+class _Collector:
+    """Copies functions and what they use into one module text, renaming functions uniquely."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.defs = []  # source texts
+        self.names = {}  # id(function) -> generated name
+        self.imports = set()
+        self.constants = {}
+
+    def add(self, fn):
+        fn = _plain_function(fn)
+        if id(fn) in self.names:
+            return self.names[id(fn)]
+        gen_name = f"{self.prefix}{len(self.names)}_{fn.__name__}"
+        self.names[id(fn)] = gen_name
+        try:
+            src = textwrap.dedent(inspect.getsource(fn))
+        except (OSError, TypeError) as exc:
+            raise _NoSource(str(exc)) from None
+        tree = ast.parse(src)
+        fdef = tree.body[0] if tree.body else None
+        if not isinstance(fdef, ast.FunctionDef) or fdef.name != fn.__name__:
+            raise _NoSource(f"{fn.__qualname__}: source is not a plain def (a lambda?)")
+        fdef.decorator_list = []
+        fdef.name = gen_name
+        renames = {}
+        for name in _free_names(fdef):
+            obj = _resolve(fn, name)
+            if isinstance(obj, types.ModuleType):
+                if obj is not math:
+                    raise _NoSource(f"{fn.__qualname__} uses module {obj.__name__}; only math is allowed")
+                self.imports.add(f"import math as {name}" if name != "math" else "import math")
+            elif isinstance(obj, bool) or isinstance(obj, (int, float)):
+                const = f"_c_{name}"
+                if self.constants.get(const, obj) != obj:
+                    raise _NoSource(f"constant {name!r} has two values")
+                self.constants[const] = obj
+                renames[name] = const
+            elif getattr(obj, "_fastloss_jit_import", None):
+                # A fastloss helper that kernels import rather than copy (e.g. vectorised exp).
+                self.imports.add(f"from {obj.__module__} import {obj.__name__} as _i_{obj.__name__}")
+                renames[name] = f"_i_{obj.__name__}"
+            elif isinstance(obj, types.FunctionType) or hasattr(obj, "py_func"):
+                renames[name] = self.add(obj)
+            elif isinstance(obj, types.BuiltinFunctionType) and getattr(builtins, name, None) is obj:
+                pass  # abs, min, max, ... : Numba knows them
+            elif obj in (float, int, bool):
+                pass
+            else:
+                raise _NoSource(f"{fn.__qualname__} uses {name!r} of unsupported type {type(obj).__name__}")
+        if renames:
+            for node in ast.walk(fdef):
+                if isinstance(node, ast.Name) and node.id in renames:
+                    node.id = renames[node.id]
+        self.defs.append(ast.unparse(fdef))
+        return gen_name
+
+
+def scalar_source(functions, prefix="_s"):
+    """Source text defining each function of ``functions`` (role -> function) and its helpers.
+
+    Each function is preceded by the decorator placeholder ``@SCALAR_JIT``; the template decides
+    what that is (``njit(...)`` on the CPU, ``cuda.jit(device=True)`` on the GPU).
+    """
+    col = _Collector(prefix)
+    try:
+        names = {role: col.add(fn) for role, fn in functions.items() if fn is not None}
+    except _NoSource:
+        # Source unavailable: inject the functions themselves. They are compiled from their
+        # Python objects and the module is not cached on disk.
+        names = {role: f"{prefix}_{role}" for role, fn in functions.items() if fn is not None}
+        injected = {names[role]: _plain_function(fn) for role, fn in functions.items() if fn is not None}
+        text = "\n".join(f"{n} = SCALAR_JIT({n})" for n in names.values())
+        return ScalarSource(text, names, [], injected)
+    lines = [f"{k} = {v!r}" for k, v in sorted(col.constants.items())]
+    for d in col.defs:
+        lines.append("@SCALAR_JIT\n" + d)
+    return ScalarSource("\n\n".join(lines), names, sorted(col.imports), {})
+
+
+def load_module(kind, header, body, injected=None):
+    """Write (once) and import a generated module. ``kind`` names it for humans.
+
+    ``header`` is the import block, ``body`` the rest; the file name carries a hash of both, so
+    different loss math never shares a file or a cache entry.
+    """
+    text = f"# Generated by fastloss ({kind}); do not edit: it is rewritten from the loss's source.\n"
+    text += header + "\n\n" + body + "\n"
+    digest = hashlib.sha256((_FORMAT + text).encode()).hexdigest()[:20]
+    fname = f"{kind}_{digest}"
+    with _lock:
+        mod = _loaded.get(fname)
+        if mod is not None:
+            return mod
+        if injected:
+            mod = _exec_in_memory(fname, text, injected)
+        else:
+            path = _write_once(fname + ".py", text)
+            mod = _import_path(fname, path)
+        _loaded[fname] = mod
+        return mod
+
+
+def _write_once(fname, text):
+    folder = os.path.join(_config.cache_dir(), "kernels")
+    path = os.path.join(folder, fname)
+    if os.path.exists(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".py")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    if os.path.exists(path):  # another process won the race: keep its file (and its mtime)
+        os.unlink(tmp)
+    else:
+        os.replace(tmp, path)
+    return path
+
+
+def _import_path(name, path):
+    modname = f"fastloss._generated.{name}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _exec_in_memory(name, text, injected):
+    modname = f"fastloss._generated.{name}"
+    mod = types.ModuleType(modname)
+    mod.__dict__.update(injected)
+    # Without a source file Numba cannot cache: templates read this flag into their options.
+    text = text.replace(CACHE_FLAG_LINE, "CACHE = False")
+    exec(compile(text, f"<fastloss generated {name}>", "exec"), mod.__dict__)
+    sys.modules[modname] = mod
+    return mod

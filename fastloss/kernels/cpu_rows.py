@@ -1,0 +1,184 @@
+"""CPU kernels of the row losses (cross_entropy, multi_margin): one row of C scores at a time.
+
+Each kernel runs rows [r0, r1) serially and returns the weighted loss sum of those rows; a
+parallel driver splits the rows into fixed chunks of about ``_config.CHUNK`` elements and runs
+them with ``prange``. As for the elementwise kernels, the partition depends only on the shape,
+so results are bitwise identical for any thread count. ``None`` arguments (no class weights,
+no per-row output, no gradient) are pruned at compile time.
+
+The per-row math is in the ``*_row`` functions below; the CUDA kernels (kernels/cuda_rows.py)
+share the same formulas.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR
+
+
+@njit(**CPU_SCALAR)
+def _row_max(row):
+    m = -np.inf
+    for c in range(row.size):
+        v = row[c]
+        m = v if v > m else m
+    return m
+
+
+@njit(**CPU_SCALAR)
+def _sum_exp(row, m):
+    s = 0.0
+    for c in range(row.size):
+        s += math.exp(row[c] - m)
+    return s
+
+
+@njit(**CPU_KERNEL)
+def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoothing, cw_sum,
+                   vals, grad, scale, r0, r1):
+    """Cross-entropy of rows [r0, r1) with integer labels.
+
+    Row loss (PyTorch's): (1 − ε) w_y (lse − x_y) + (ε/C) Σ_c w_c (lse − x_c), times the row's
+    sample weight; its gradient (1 − ε) w_y (softmax − onehot_y) + (ε/C)(W softmax − w), W = Σ w_c.
+    Rows whose label is ``ignore_index`` contribute nothing and get a zero gradient.
+    """
+    C = logits.shape[1]
+    total = 0.0
+    for r in range(r0, r1):
+        y = labels[r]
+        if y == ignore_index:
+            if vals is not None:
+                vals[r] = 0.0
+            if grad is not None:
+                for c in range(C):
+                    grad[r, c] = 0.0
+            continue
+        row = logits[r]
+        m = _row_max(row)
+        s = _sum_exp(row, m)
+        lse = m + math.log(s)
+        wy = 1.0 if class_weight is None else class_weight[y]
+        l = (1.0 - smoothing) * wy * (lse - row[y])
+        if smoothing != 0.0:
+            acc = 0.0
+            for c in range(C):
+                wc = 1.0 if class_weight is None else class_weight[c]
+                acc += wc * (lse - row[c])
+            l += smoothing / C * acc
+        sw = 1.0 if row_weight is None else row_weight[r]
+        l = l * sw
+        total += l
+        if vals is not None:
+            vals[r] = l
+        if grad is not None:
+            gs = sw * scale
+            a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
+            inv = 1.0 / s
+            for c in range(C):
+                pc = math.exp(row[c] - m) * inv
+                wc = 1.0 if class_weight is None else class_weight[c]
+                grad[r, c] = (a * pc - smoothing / C * wc) * gs
+            grad[r, y] -= (1.0 - smoothing) * wy * gs
+    return total
+
+
+@njit(**CPU_KERNEL)
+def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad, scale, r0, r1):
+    """Cross-entropy of rows [r0, r1) with class-probability targets.
+
+    Row loss: Σ_c w_c t'_c (lse − x_c) with t' = (1 − ε) t + ε/C; gradient (Σ_c w_c t'_c) softmax
+    − w t'. A class whose target is exactly 0 adds nothing, even where its logit is −inf.
+    """
+    C = logits.shape[1]
+    total = 0.0
+    for r in range(r0, r1):
+        row = logits[r]
+        trow = probs[r]
+        m = _row_max(row)
+        s = _sum_exp(row, m)
+        lse = m + math.log(s)
+        l = 0.0
+        wt = 0.0
+        for c in range(C):
+            wc = 1.0 if class_weight is None else class_weight[c]
+            tc = (1.0 - smoothing) * trow[c] + smoothing / C
+            term = wc * tc * (lse - row[c])
+            l += term if tc != 0.0 else 0.0
+            wt += wc * tc
+        sw = 1.0 if row_weight is None else row_weight[r]
+        l = l * sw
+        total += l
+        if vals is not None:
+            vals[r] = l
+        if grad is not None:
+            gs = sw * scale
+            inv = 1.0 / s
+            for c in range(C):
+                wc = 1.0 if class_weight is None else class_weight[c]
+                tc = (1.0 - smoothing) * trow[c] + smoothing / C
+                grad[r, c] = (wt * math.exp(row[c] - m) * inv - wc * tc) * gs
+    return total
+
+
+@njit(**CPU_KERNEL)
+def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, vals, grad, scale, r0, r1):
+    """Multi-class margin loss of rows [r0, r1) (PyTorch's multi_margin_loss).
+
+    Row loss: w_y / C · Σ_{c ≠ y} max(0, margin − x_y + x_c)^p, p ∈ {1, 2}.
+    """
+    C = scores.shape[1]
+    total = 0.0
+    for r in range(r0, r1):
+        y = labels[r]
+        row = scores[r]
+        xy = row[y]
+        wy = 1.0 if class_weight is None else class_weight[y]
+        sw = 1.0 if row_weight is None else row_weight[r]
+        f = wy / C
+        l = 0.0
+        gy = 0.0
+        gs = f * sw * scale
+        for c in range(C):
+            z = margin - xy + row[c]
+            hit = (z > 0.0) and (c != y)
+            h = (z if power == 1 else z * z) if hit else 0.0
+            l += h
+            if grad is not None:
+                g = (1.0 if power == 1 else 2.0 * z) * gs if hit else 0.0
+                grad[r, c] = g
+                gy -= g
+        if grad is not None:
+            grad[r, y] = gy
+        l = l * f * sw
+        total += l
+        if vals is not None:
+            vals[r] = l
+    return total
+
+
+# -- parallel drivers: fixed chunks of rows, one partial sum per chunk ---------------------------
+@njit(**CPU_PARALLEL)
+def ce_labels_par(logits, labels, class_weight, row_weight, ignore_index, smoothing, cw_sum,
+                  vals, grad, scale, sums, rows_per_chunk):
+    R = logits.shape[0]
+    for c in prange(sums.size):
+        sums[c] = ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoothing, cw_sum,
+                                 vals, grad, scale, c * rows_per_chunk, min(R, (c + 1) * rows_per_chunk))
+
+
+@njit(**CPU_PARALLEL)
+def ce_probs_par(logits, probs, class_weight, row_weight, smoothing, vals, grad, scale, sums, rows_per_chunk):
+    R = logits.shape[0]
+    for c in prange(sums.size):
+        sums[c] = ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad, scale,
+                                c * rows_per_chunk, min(R, (c + 1) * rows_per_chunk))
+
+
+@njit(**CPU_PARALLEL)
+def multi_margin_par(scores, labels, class_weight, row_weight, power, margin, vals, grad, scale, sums,
+                     rows_per_chunk):
+    R = scores.shape[0]
+    for c in prange(sums.size):
+        sums[c] = multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, vals, grad, scale,
+                                    c * rows_per_chunk, min(R, (c + 1) * rows_per_chunk))

@@ -1,0 +1,480 @@
+"""Vectorisable ``exp``/``log`` family for Numba CPU kernels.
+
+Why this module exists
+----------------------
+The llvmlite wheels on PyPI are built without Intel SVML, so inside an
+``@njit`` loop ``math.exp``/``math.log`` lower to one scalar libm call per
+element and the loop vectoriser gives up.  Loss kernels (cross-entropy,
+BCE-with-logits, softplus, log-cosh, focal, Poisson NLL) then spend most of
+their time in those calls.  The functions here compute the same values with
+plain arithmetic -- range reduction, a polynomial, and exponent-field bit
+manipulation -- without branches, so LLVM inlines them into the caller's loop
+and vectorises it (AVX2/AVX-512, NEON, ...).
+
+Public API (scalars; float32 in -> float32 out, float64 in -> float64 out)::
+
+    vexp(x)    e**x
+    vexpm1(x)  e**x - 1, accurate near 0
+    vlog(x)    natural logarithm
+    vlog1p(x)  log(1 + x), accurate near 0
+
+Inside ``@njit`` code they dispatch on the argument type (float32 uses its own
+shorter polynomials and float32 arithmetic; integers are treated as float64,
+like ``math.exp``).  From plain Python they fall back to NumPy, with IEEE
+semantics (``vexp(1000.0) == inf``, ``vlog(0.0) == -inf``) instead of the
+exceptions ``math.exp``/``math.log`` raise.
+
+Accuracy (see ``tests/test_vmath.py``): about 1 ulp for float32 and float64 over
+the whole range, including NaN/inf/zero handling, overflow to inf, gradual
+underflow into subnormals and subnormal inputs to ``vlog``.
+
+Design notes
+------------
+* Implementations are registered with ``numba.extending.overload`` and are
+  compiled as separate functions that LLVM inlines into the caller (Numba
+  links them into the caller's module before the final ``O3`` pipeline).  We do
+  *not* use Numba's IR-level ``inline="always"``: that would re-type the body
+  under the *caller's* fastmath flags, and ``reassoc`` is allowed to destroy
+  the Cody-Waite reduction ``(x - k*ln2_hi) - k*ln2_lo`` and the ``1 + (...)``
+  summation order the error bounds rely on.  Instead the implementations are
+  compiled with explicit options (``_IMPL_OPTIONS``): LLVM fast-math flags are
+  per instruction, so they survive inlining into a fastmath caller unchanged.
+  Only ``contract`` is enabled (FMA formation); it never worsens any step here.
+* ``error_model="numpy"`` removes Numba's division-by-zero check, which would
+  otherwise put a branch (and an exception path) in the loop body.
+* Special inputs (NaN, +-inf, 0, negatives for log) are handled with selects
+  at the end; the main path is evaluated for every lane regardless.
+* The few bit-level operations (2**k from an integer, splitting a float into
+  exponent and mantissa, round-to-nearest-integer) are ``@intrinsic``\\ s that
+  emit plain LLVM integer/float instructions, all of which vectorise.
+* Kernels calling these functions can be ``@njit(cache=True)``: the compiled
+  code of the implementations is embedded in the caller's cached object code.
+  (As with any Numba cache, editing *this* file does not invalidate caches of
+  kernels in other files; clear ``__pycache__`` after changing it.)
+
+Polynomials
+-----------
+Coefficients are Chebyshev-interpolation (near-minimax) fits computed with
+mpmath in 60-digit arithmetic, then rounded to the target precision; run
+``python -m fastloss.kernels.vmath`` to regenerate and print them.  Degrees
+were chosen so the truncation error is far below half an ulp:
+
+* exp:  ``exp(r) = 1 + r + r**2 * P(r)`` on ``|r| <= ln2/2``;
+  P has degree 10 (float64) / 4 (float32).
+* log:  ``log(1+f) = 2*atanh(s)``, ``s = f/(2+f)``, ``|s| <= 3 - 2*sqrt(2)``:
+  ``2*atanh(s) = 2s + s*z*Q(z)`` with ``z = s*s``; Q has degree 6 (float64) /
+  3 (float32).  The final summation follows the classic fdlibm ordering
+  ``f - (f*f/2 - s*(f*f/2 + z*Q(z)))``, which keeps the large terms exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload, register_jitable
+
+__all__ = ["vexp", "vexpm1", "vlog", "vlog1p"]
+
+
+# ---------------------------------------------------------------------------
+# Public stubs: the Python-level behaviour.  Inside @njit code the overloads
+# registered at the bottom of this module are used instead.
+# ---------------------------------------------------------------------------
+
+def _py_fallback(ufunc, x):
+    with np.errstate(all="ignore"):
+        return ufunc(x)
+
+
+def vexp(x):
+    """``e**x``; vectorisable inside ``@njit`` loops (NumPy fallback in Python)."""
+    return _py_fallback(np.exp, x)
+
+
+def vexpm1(x):
+    """``e**x - 1`` accurate near 0; vectorisable inside ``@njit`` loops."""
+    return _py_fallback(np.expm1, x)
+
+
+def vlog(x):
+    """Natural logarithm; vectorisable inside ``@njit`` loops."""
+    return _py_fallback(np.log, x)
+
+
+def vlog1p(x):
+    """``log(1 + x)`` accurate near 0; vectorisable inside ``@njit`` loops."""
+    return _py_fallback(np.log1p, x)
+
+
+# ---------------------------------------------------------------------------
+# Polynomial coefficients (lowest order first).  See the module docstring and
+# _fit_coefficients() for their origin.
+# ---------------------------------------------------------------------------
+
+# P(r) ~ (exp(r) - 1 - r) / r**2 on |r| <= ln2/2 (interval widened by 1e-4).
+_EXP_P64 = (
+    0.5,
+    0.1666666666666667,
+    0.04166666666666667,
+    0.008333333333326136,
+    0.0013888888888883748,
+    0.00019841269874820627,
+    2.4801587325547743e-05,
+    2.7557255400206422e-06,
+    2.75572736431103e-07,
+    2.5105217004720745e-08,
+    2.0914686968086876e-09,
+)
+_EXP_P32 = (
+    0.5,
+    0.16666577,
+    0.041666556,
+    0.008363179,
+    0.0013926184,
+)
+
+# Q(z) ~ (2*atanh(s) - 2*s) / (s*z), z = s*s, on 0 <= z <= (3 - 2*sqrt(2))**2.
+_LOG_Q64 = (
+    0.666666666666667,
+    0.39999999999899444,
+    0.2857142862600327,
+    0.22222211130259878,
+    0.18182889455674947,
+    0.15331710618210773,
+    0.14616585424888623,
+)
+_LOG_Q32 = (
+    0.6666666,
+    0.40000123,
+    0.28550816,
+    0.23330581,
+)
+
+
+def _fit_coefficients(dps: int = 60) -> dict:
+    """Recompute the polynomial coefficients above (needs ``mpmath``).
+
+    Chebyshev interpolation in high precision is within a fraction of a bit
+    of the true minimax polynomial for these smooth, slowly varying functions,
+    which is plenty given the degrees used.
+    """
+    import mpmath as mp
+
+    mp.mp.dps = dps
+
+    def p_exp(r):
+        if abs(r) < mp.mpf(10) ** (-dps // 2):
+            return mp.mpf(1) / 2 + r / 6
+        return (mp.exp(r) - 1 - r) / (r * r)
+
+    def q_log(z):
+        if z < mp.mpf(10) ** (-dps // 2):
+            return mp.mpf(2) / 3 + 2 * z / 5
+        s = mp.sqrt(z)
+        return (2 * mp.atanh(s) - 2 * s) / (s * z)
+
+    widen = mp.mpf("1.0001")  # margin for rounding in the range reduction
+    r_max = mp.log(2) / 2 * widen
+    z_max = (3 - 2 * mp.sqrt(2)) ** 2 * widen
+
+    def fit(func, lo, hi, degree):
+        coeffs = mp.chebyfit(func, [lo, hi], degree + 1)  # highest first
+        return [coeffs[degree - i] for i in range(degree + 1)]
+
+    out = {}
+    for name, func, lo, hi, deg64, deg32 in (
+        ("EXP_P", p_exp, -r_max, r_max, len(_EXP_P64) - 1, len(_EXP_P32) - 1),
+        ("LOG_Q", q_log, mp.mpf(0), z_max, len(_LOG_Q64) - 1, len(_LOG_Q32) - 1),
+    ):
+        out[f"_{name}64"] = tuple(float(c) for c in fit(func, lo, hi, deg64))
+        out[f"_{name}32"] = tuple(
+            float(np.float32(float(c))) for c in fit(func, lo, hi, deg32)
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Bit-level intrinsics.  Each emits a handful of plain LLVM instructions
+# (no calls other than llvm.rint), so the loop vectoriser can widen them.
+# ---------------------------------------------------------------------------
+
+# float type -> (integer width, mantissa bits, exponent bias)
+_LAYOUT = {types.float32: (32, 23, 127), types.float64: (64, 52, 1023)}
+
+
+def _is_float(ty):
+    return ty in _LAYOUT
+
+
+def _pow2_from_int(builder, k, ftype, fty):
+    """IR for 2.0**k, k an integer of the float's width inside the normal range."""
+    width, mbits, bias = _LAYOUT[ftype]
+    ity = ir.IntType(width)
+    biased = builder.add(k, ir.Constant(ity, bias))
+    return builder.bitcast(builder.shl(biased, ir.Constant(ity, mbits)), fty)
+
+
+@intrinsic
+def _rint(typingctx, x):
+    """Round to nearest integer, ties to even (llvm.rint -> roundsd/vrndscale)."""
+    if not _is_float(x):
+        return None
+
+    def codegen(context, builder, sig, args):
+        (val,) = args
+        fn = builder.module.declare_intrinsic("llvm.rint", [val.type])
+        return builder.call(fn, [val])
+
+    return x(x), codegen
+
+
+@intrinsic
+def _pow2(typingctx, kf):
+    """2.0**k for an integral float k with 2**k a normal number."""
+    if not _is_float(kf):
+        return None
+
+    def codegen(context, builder, sig, args):
+        (k,) = args
+        ftype = sig.args[0]
+        width = _LAYOUT[ftype][0]
+        ki = builder.fptosi(k, ir.IntType(width))
+        return _pow2_from_int(builder, ki, ftype, k.type)
+
+    return kf(kf), codegen
+
+
+@intrinsic
+def _scale2k(typingctx, p, kf):
+    """p * 2.0**k for an integral float k in the range needed by exp.
+
+    2**k is applied as two factors 2**(k//2) and 2**(k - k//2), both normal
+    numbers, so k may run past the normal exponent range in either direction:
+    the first multiply is exact, the second rounds once -- to a correctly
+    scaled subnormal, to 0, or to inf.
+    """
+    if not (_is_float(p) and kf == p):
+        return None
+
+    def codegen(context, builder, sig, args):
+        val, k = args
+        ftype = sig.args[0]
+        width = _LAYOUT[ftype][0]
+        ki = builder.fptosi(k, ir.IntType(width))
+        k1 = builder.ashr(ki, ir.Constant(ki.type, 1))
+        k2 = builder.sub(ki, k1)
+        val = builder.fmul(val, _pow2_from_int(builder, k1, ftype, val.type))
+        return builder.fmul(val, _pow2_from_int(builder, k2, ftype, val.type))
+
+    return p(p, kf), codegen
+
+
+@intrinsic
+def _split_sqrt2(typingctx, x):
+    """(k, m) with x == 2**k * m and sqrt(1/2) <= m < sqrt(2); x positive normal.
+
+    Because the bit patterns of positive floats are ordered like their values,
+    subtracting the pattern of sqrt(1/2) and shifting out the mantissa gives
+    k = floor(log2(x / sqrt(1/2))) directly; removing k from the exponent
+    field leaves m.  Other inputs produce garbage that callers select away.
+    """
+    if not _is_float(x):
+        return None
+    ret = types.UniTuple(x, 2)
+
+    def codegen(context, builder, sig, args):
+        (val,) = args
+        ftype = sig.args[0]
+        width, mbits, _ = _LAYOUT[ftype]
+        ity = ir.IntType(width)
+        np_f, np_i = (np.float32, np.int32) if width == 32 else (np.float64, np.int64)
+        offset = int(np.array(math.sqrt(0.5), dtype=np_f).view(np_i))
+        bits = builder.bitcast(val, ity)
+        k = builder.ashr(builder.sub(bits, ir.Constant(ity, offset)),
+                         ir.Constant(ity, mbits))
+        m_bits = builder.sub(bits, builder.shl(k, ir.Constant(ity, mbits)))
+        m = builder.bitcast(m_bits, val.type)
+        kf = builder.sitofp(k, val.type)
+        return context.make_tuple(builder, sig.return_type, (kf, m))
+
+    return ret(x), codegen
+
+
+def _make_horner(coeffs):
+    """Intrinsic evaluating sum(coeffs[i] * r**i) by Horner's rule."""
+
+    @intrinsic
+    def horner(typingctx, r):
+        if not _is_float(r):
+            return None
+
+        def codegen(context, builder, sig, args):
+            (val,) = args
+            acc = ir.Constant(val.type, coeffs[-1])
+            for c in coeffs[-2::-1]:
+                acc = builder.fadd(builder.fmul(acc, val), ir.Constant(val.type, c))
+            return acc
+
+        return r(r), codegen
+
+    return horner
+
+
+# ---------------------------------------------------------------------------
+# Implementations, generated once per float type so that every constant has
+# the argument's type (a Python float constant would promote float32 math to
+# float64).
+# ---------------------------------------------------------------------------
+
+# Options for compiling the implementations; explicit so that nothing is
+# inherited from the calling kernel (see module docstring).
+_IMPL_OPTIONS = dict(fastmath={"contract"}, error_model="numpy")
+
+
+# ln2 as an unevaluated sum of two doubles (hi = nearest double to ln2).
+_LN2_DD = (0.6931471805599453, 2.3190468138462996e-17)
+
+
+def _split_ln2(np_float, k_bits):
+    """Cody-Waite constants: ln2 ~= hi + lo where hi keeps only the leading
+    (precision - k_bits) bits, so k*hi is exact for integers |k| < 2**k_bits."""
+    mant = 24 if np_float is np.float32 else 53
+    hi = math.ldexp(math.floor(math.ldexp(_LN2_DD[0], mant - k_bits)), k_bits - mant)
+    lo = (_LN2_DD[0] - hi) + _LN2_DD[1]  # first difference is exact
+    return np_float(hi), np_float(lo)
+
+
+def _build(np_float):
+    F = np_float
+    is32 = F is np.float32
+    ZERO, ONE, TWO, HALF = F(0.0), F(1.0), F(2.0), F(0.5)
+    INF, NAN = F(np.inf), F(np.nan)
+    NEG_INF, NEG_ONE = F(-np.inf), F(-1.0)
+    LOG2E = F(1.0 / math.log(2))
+    # |k| < 2**11 (float64) / 2**8 (float32) covers every reduction below.
+    LN2_HI, LN2_LO = _split_ln2(F, 8 if is32 else 11)
+
+    # exp: below EXP_LO the result is 0, above EXP_HI it is inf; clamping to
+    # these values keeps k in range and the final scaling produces 0 / inf.
+    EXP_HI = F(89.0) if is32 else F(710.0)
+    EXP_LO = F(-104.0) if is32 else F(-746.0)
+    # expm1: below this the result rounds to -1; exponent cap for 2**-k
+    # beyond which 1 - 2**-k rounds to 1.
+    EXPM1_LO = F(-20.0) if is32 else F(-45.0)
+    EXPM1_KCAP = F(40.0) if is32 else F(70.0)
+    # log: subnormal inputs are pre-scaled by 2**SUB_SHIFT.
+    MIN_NORMAL = F(np.finfo(F).tiny)
+    SUB_SHIFT = F(32.0) if is32 else F(64.0)
+    SUB_SCALE = F(2.0) ** SUB_SHIFT
+
+    exp_poly = _make_horner(tuple(float(F(c)) for c in (_EXP_P32 if is32 else _EXP_P64)))
+    log_poly = _make_horner(tuple(float(F(c)) for c in (_LOG_Q32 if is32 else _LOG_Q64)))
+
+    @register_jitable(**_IMPL_OPTIONS)
+    def exp_reduce(x):
+        """k, r with x ~= k*ln2 + r, |r| <= ln2/2, x clamped to the useful range
+        (NaN is mapped to EXP_HI; callers restore it)."""
+        xc = x if x < EXP_HI else EXP_HI
+        xc = xc if xc > EXP_LO else EXP_LO
+        kf = _rint(xc * LOG2E)
+        # Cody-Waite: kf*LN2_HI is exact and so is the subtraction (Sterbenz).
+        r = (xc - kf * LN2_HI) - kf * LN2_LO
+        return kf, r
+
+    @register_jitable(**_IMPL_OPTIONS)
+    def log1p_kernel(f, kf, c):
+        """log(2**k * (1 + f)) + c for sqrt(1/2) <= 1+f < sqrt(2), |c| tiny."""
+        s = f / (TWO + f)
+        z = s * s
+        hfsq = HALF * f * f
+        # 2*atanh(s) = f - s*f = f - (hfsq - s*(hfsq + z*Q(z))); the big terms
+        # (k*LN2_HI, f) are added last, exactly as in fdlibm's log.
+        tail = s * (hfsq + z * log_poly(z)) + (kf * LN2_LO + c)
+        return kf * LN2_HI - ((hfsq - tail) - f)
+
+    def vexp_impl(x):
+        kf, r = exp_reduce(x)
+        p = ONE + (r + r * r * exp_poly(r))
+        y = _scale2k(p, kf)
+        return x if x != x else y
+
+    def vexpm1_impl(x):
+        xc = x if x > EXPM1_LO else EXPM1_LO
+        kf, r = exp_reduce(xc)
+        em1 = r + r * r * exp_poly(r)  # exp(r) - 1
+        # exp(x) - 1 = 2**k * (em1 + (1 - 2**-k)); for k = 0 this is em1 itself
+        # (full relative accuracy near 0), and 1 - 2**-k is exact for small |k|.
+        kc = kf if kf < EXPM1_KCAP else EXPM1_KCAP
+        y = _scale2k(em1 + (ONE - _pow2(-kc)), kf)
+        # x == 0 keeps the sign of zero (em1 is +0 for x = -0).
+        return x if (x != x) | (x == ZERO) else y
+
+    def vlog_impl(x):
+        tiny = x < MIN_NORMAL
+        xs = x * (SUB_SCALE if tiny else ONE)
+        kf, m = _split_sqrt2(xs)
+        kf = kf - (SUB_SHIFT if tiny else ZERO)
+        y = log1p_kernel(m - ONE, kf, ZERO)
+        special = NAN if x < ZERO else (NEG_INF if x == ZERO else x)  # also inf, NaN
+        return y if (x > ZERO) & (x < INF) else special
+
+    def vlog1p_impl(x):
+        u = ONE + x
+        kf, m = _split_sqrt2(u)
+        k0 = kf == ZERO
+        # k == 0: 1+x needs no scaling, so use x itself as f (exact).  Otherwise
+        # f = m - 1 is exact, and c = (x - (u - 1)) / u corrects the rounding
+        # error of u = 1 + x to first order: log(1+x) = log(u) + c.
+        f = x if k0 else m - ONE
+        c = ZERO if k0 else (x - (u - ONE)) / u
+        y = log1p_kernel(f, kf, c)
+        special = NAN if x < NEG_ONE else (NEG_INF if x == NEG_ONE else x)
+        return y if (x > NEG_ONE) & (x < INF) & (x != ZERO) else special
+
+    return {
+        vexp: vexp_impl,
+        vexpm1: vexpm1_impl,
+        vlog: vlog_impl,
+        vlog1p: vlog1p_impl,
+    }
+
+
+def _register():
+    impls = {
+        types.float32: _build(np.float32),
+        types.float64: _build(np.float64),
+    }
+
+    def make_overload(stub):
+        impl32 = impls[types.float32][stub]
+        impl64 = impls[types.float64][stub]
+
+        def to_float64(x):  # integers and bools behave like math.exp etc.
+            return stub(np.float64(x))
+
+        @overload(stub, jit_options=_IMPL_OPTIONS)
+        def ov(x):
+            if x == types.float32:
+                return impl32
+            if x == types.float64:
+                return impl64
+            if isinstance(x, (types.Integer, types.Boolean)):
+                return to_float64
+            return None
+
+    for stub in (vexp, vexpm1, vlog, vlog1p):
+        make_overload(stub)
+
+
+_register()
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance helper
+    for name, values in _fit_coefficients().items():
+        print(f"{name} = (")
+        for v in values:
+            print(f"    {v!r},")
+        print(")")

@@ -1,0 +1,1 @@
+"""The built-in losses, one module per family: their math, options and documentation."""

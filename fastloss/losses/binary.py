@@ -1,0 +1,191 @@
+"""Binary classification losses: the math of each (value and derivative in the prediction).
+
+``pred`` is a probability for ``bce`` and a logit (any real) for the others. Targets are
+probabilities in [0, 1] for the cross-entropies and focal loss, and ±1 (or 0/1) for the hinges.
+"""
+import math
+
+from .._loss import Option, elementwise_loss
+
+
+def softplus_neg(x):
+    """log(1 + e^(−x)) without overflow: max(−x, 0) + log1p(e^(−|x|))."""
+    return (-x if x < 0.0 else 0.0 * x) + math.log1p(math.exp(-abs(x)))
+
+
+def sigmoid(x):
+    """1 / (1 + e^(−x)) from e^(−|x|), which never overflows."""
+    e = math.exp(-abs(x))
+    return 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+
+
+# -- bce ------------------------------------------------------------------------------------------
+def bce_value(p, t):
+    # Logs clamped at −100 as PyTorch does, so p = 0 or 1 gives a finite loss.
+    lp = math.log(p)
+    lq = math.log1p(-p)
+    lp = -100.0 if lp < -100.0 else lp
+    lq = -100.0 if lq < -100.0 else lq
+    return -(t * lp + (1.0 - t) * lq)
+
+
+def bce_deriv(p, t):
+    # PyTorch's gradient: (p − t) / max(p (1 − p), 1e-12).
+    den = p * (1.0 - p)
+    den = 1e-12 if den < 1e-12 else den
+    return (p - t) / den
+
+
+bce = elementwise_loss(bce_value, bce_deriv, name="bce", doc=r"""Binary cross-entropy on probabilities.
+
+    l = −[t log p + (1 − t) log(1 − p)]   (each log clamped at −100)
+    dl/dp = (p − t) / max(p (1 − p), 1e-12)
+
+pred: probabilities in [0, 1]; target: probabilities in [0, 1], same shape. Prefer
+``bce_with_logits`` on logits: it is exact where p rounds to 0 or 1.
+Reference: torch.nn.functional.binary_cross_entropy.
+
+>>> import numpy as np, fastloss as fl
+>>> round(float(fl.bce(np.array([0.8]), np.array([1.0]))), 6)
+0.223144
+""")
+
+
+# -- bce_with_logits ------------------------------------------------------------------------------
+def bce_logits_value(x, t, pos_weight):
+    # (1 − t) x + (1 + (w − 1) t) log(1 + e^(−x)), in the stable form.
+    return (1.0 - t) * x + (1.0 + (pos_weight - 1.0) * t) * softplus_neg(x)
+
+
+def bce_logits_deriv(x, t, pos_weight):
+    return (1.0 - t) - (1.0 + (pos_weight - 1.0) * t) * sigmoid(-x)
+
+
+bce_with_logits = elementwise_loss(bce_logits_value, bce_logits_deriv, name="bce_with_logits", params={
+    "pos_weight": Option("pos_weight", None, lambda v: v == v, "a number", array=True, none_as=1.0)},
+    doc=r"""Binary cross-entropy on logits (sigmoid folded in, numerically stable).
+
+    l = (1 − t) x + (1 + (w − 1) t) log(1 + e^(−x)),   w = pos_weight
+    dl/dx = (1 − t) − (1 + (w − 1) t) σ(−x)            (= σ(x) − t when w = 1)
+
+pred: logits; target: probabilities in [0, 1], same shape. ``pos_weight``: None (1), a number,
+or an array broadcastable to pred's shape (e.g. one weight per class of the last axis).
+Reference: torch.nn.functional.binary_cross_entropy_with_logits.
+
+>>> import numpy as np, fastloss as fl
+>>> round(float(fl.bce_with_logits(np.array([0.0]), np.array([1.0]))), 6)
+0.693147
+""")
+
+
+# -- hinge and squared_hinge ----------------------------------------------------------------------
+def hinge_target_flags(t):
+    """Bit flags of a hinge target: 0 for +1, 2 for −1, 4 for 0, 1 for anything else (NaN too)."""
+    return 0 if t == 1.0 else (2 if t == -1.0 else (4 if t == 0.0 else 1))
+
+
+def hinge_flags_error(flags):
+    if flags & 1:
+        return "target must hold ±1 labels (or 0/1 labels), found another value"
+    if flags & 2 and flags & 4:
+        return "target mixes −1 and 0 labels: use ±1 or 0/1, not both"
+    return None
+
+
+def hinge_sign(t):
+    """0/1 targets map to −1/+1; ±1 stay as they are."""
+    return -1.0 if t == 0.0 else t
+
+
+def hinge_value(p, t, margin):
+    z = margin - hinge_sign(t) * p
+    return z if (z > 0.0 or z != z) else 0.0
+
+
+def hinge_deriv(p, t, margin):
+    s = hinge_sign(t)
+    z = margin - s * p
+    return -s if z > 0.0 else (z if z != z else 0.0)
+
+
+def squared_hinge_value(p, t, margin):
+    z = margin - hinge_sign(t) * p
+    return z * z if (z > 0.0 or z != z) else 0.0
+
+
+def squared_hinge_deriv(p, t, margin):
+    s = hinge_sign(t)
+    z = margin - s * p
+    return -2.0 * s * z if (z > 0.0 or z != z) else 0.0
+
+
+_hinge_doc = r"""{title}
+
+    l = {formula},   s = t for ±1 targets, 2t − 1 for 0/1 targets
+    dl/dp = {deriv}
+
+pred: raw scores; target: ±1 labels, or 0/1 labels (not a mix), same shape. Any other target
+value is a ValueError. Option ``margin`` (default 1.0).
+Reference: {ref}.
+
+>>> import numpy as np, fastloss as fl
+>>> fl.{name}(np.array([0.5, -2.0]), np.array([1, 0]), reduction="none")
+array([{example}])
+"""
+
+hinge = elementwise_loss(hinge_value, hinge_deriv, name="hinge", params={
+    "margin": Option("margin", 1.0, array=True)}, doc=_hinge_doc.format(
+        title="Hinge loss (SVM margin loss).", formula="max(0, margin − s·p)",
+        deriv="−s where margin − s·p > 0, else 0", ref="sklearn.metrics.hinge_loss",
+        name="hinge", example="0.5, 0. "))
+hinge.target_flags, hinge.flags_error = hinge_target_flags, hinge_flags_error
+
+squared_hinge = elementwise_loss(squared_hinge_value, squared_hinge_deriv, name="squared_hinge", params={
+    "margin": Option("margin", 1.0, array=True)}, doc=_hinge_doc.format(
+        title="Squared hinge loss.", formula="max(0, margin − s·p)²",
+        deriv="−2 s max(0, margin − s·p)", ref="keras.losses.squared_hinge",
+        name="squared_hinge", example="0.25, 0.  "))
+squared_hinge.target_flags, squared_hinge.flags_error = hinge_target_flags, hinge_flags_error
+
+
+# -- sigmoid_focal --------------------------------------------------------------------------------
+def focal_value(x, t, alpha, gamma):
+    # torchvision: ce · (1 − p_t)^γ · α_t, with 1 − p_t = σ(x)(1 − t) + σ(−x) t computed from
+    # both sigmoids so that it keeps its precision when it is small.
+    ce = (1.0 - t) * x + softplus_neg(x)
+    u = sigmoid(x) * (1.0 - t) + sigmoid(-x) * t
+    l = ce * (u ** gamma)
+    if alpha >= 0.0:
+        l = l * (alpha * t + (1.0 - alpha) * (1.0 - t))
+    return l
+
+
+def focal_deriv(x, t, alpha, gamma):
+    p = sigmoid(x)
+    q = sigmoid(-x)
+    ce = (1.0 - t) * x + softplus_neg(x)
+    u = p * (1.0 - t) + q * t
+    g = (p - t) * (u ** gamma)
+    if gamma != 0.0 and u > 0.0:
+        # d u / dx = p q (1 − 2t); the guard keeps 0 · ∞ out where u = 0.
+        g = g + ce * gamma * (u ** (gamma - 1.0)) * p * q * (1.0 - 2.0 * t)
+    if alpha >= 0.0:
+        g = g * (alpha * t + (1.0 - alpha) * (1.0 - t))
+    return g
+
+
+sigmoid_focal = elementwise_loss(focal_value, focal_deriv, name="sigmoid_focal", params={
+    "alpha": Option("alpha", 0.25, lambda v: (v == -1) | ((v >= 0) & (v <= 1)), "in [0, 1] or −1 (off)"),
+    "gamma": Option("gamma", 2.0, lambda v: v >= 0, ">= 0")}, doc=r"""Sigmoid focal loss (Lin et al., 2017).
+
+    p = σ(x),  p_t = p t + (1 − p)(1 − t),  α_t = α t + (1 − α)(1 − t)
+    l = α_t · BCEWithLogits(x, t) · (1 − p_t)^γ          (α = −1: no α_t factor)
+
+pred: logits; target: probabilities in [0, 1] (usually 0/1), same shape. Options ``alpha``
+(default 0.25, −1 turns it off) and ``gamma`` (≥ 0, default 2.0).
+Reference: torchvision.ops.sigmoid_focal_loss (its "mean" is our unweighted "mean").
+
+>>> import numpy as np, fastloss as fl
+>>> round(float(fl.sigmoid_focal(np.array([0.0]), np.array([1.0]))), 6)
+0.043322
+""")

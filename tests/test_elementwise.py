@@ -1,0 +1,374 @@
+"""Elementwise losses against the float64 NumPy references in reference.py."""
+import math
+
+import numpy as np
+import pytest
+
+import reference as ref
+from _cases import (ELEMENTWISE, call_all, case_id, elementwise_cases, elementwise_data,
+                    sample_weight)
+from _checks import check_grad, check_value, check_vg_consistent, same_bits
+from conftest import assert_close
+
+REDUCTIONS = ["mean", "sum", "none"]
+SHAPES = [(), (1,), (7,), (1001,), (0,), (0, 5), (3, 4), (2, 3, 5)]
+SHAPE_IDS = ["0d", "1", "7", "1001", "empty", "0x5", "3x4", "2x3x5"]
+
+
+def _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng, factor=1.0):
+    pred, target, kw = elementwise_data(name, shape, dtype, rng, opts)
+    sw = sample_weight(rng, shape, dtype) if weighted else None
+    loss = getattr(fl, name)
+    pc, tc = pred.copy(), target.copy()
+    v, g, vg = call_all(loss, pred, target, reduction=reduction, sample_weight=sw, **kw)
+    ev, eg = ref.ELEMENTWISE[name](pred, target, reduction=reduction, sample_weight=sw, **kw)
+    msg = f"{name} {kw} {reduction} {dtype} {shape} weighted={weighted}"
+    check_value(v, ev, dtype, reduction, shape, factor=factor, msg=msg)
+    check_grad(g, eg, dtype, shape, factor=factor, msg=msg)
+    check_vg_consistent(v, g, vg)
+    assert same_bits(pred, pc) and same_bits(target, tc), "inputs were modified"
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_default_options(fl, name, reduction, dtype, shape, weighted, rng):
+    _run_and_check(fl, name, {}, shape, dtype, reduction, weighted, rng)
+
+
+_OPT_CASES = [(n, o) for n, o in elementwise_cases() if o]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("shape", [(7,), (2, 3, 5)], ids=["7", "2x3x5"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name,opts", _OPT_CASES,
+                         ids=[f"{n}-{case_id(o)}" for n, o in _OPT_CASES])
+def test_options(fl, name, opts, reduction, dtype, shape, weighted, rng):
+    _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng)
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4)], ids=["0d", "7", "3x4"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ["mse", "huber", "log_cosh", "bce_with_logits", "hinge"])
+def test_float16(fl, name, reduction, shape, rng):
+    """float16 is computed in float32 and returned as float16."""
+    _run_and_check(fl, name, {}, shape, np.float16, reduction, False, rng)
+
+
+@pytest.mark.parametrize("name", ["mse", "quantile"])
+def test_float16_weighted(fl, name, rng):
+    _run_and_check(fl, name, {}, (9,), np.float16, "mean", True, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# invariants (these compare the implementation with itself, on purpose)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_sum_equals_sum_of_none_and_mean_is_sum_over_n(fl, name, dtype, rng):
+    pred, target, kw = elementwise_data(name, (5, 6), dtype, rng)
+    loss = getattr(fl, name)
+    none = np.asarray(loss(pred, target, reduction="none", **kw), dtype=np.float64)
+    s = float(loss(pred, target, reduction="sum", **kw))
+    m = float(loss(pred, target, reduction="mean", **kw))
+    assert_close(s, none.sum(), dtype)
+    assert_close(m, none.sum() / none.size, dtype)
+    g_none = np.asarray(loss.grad(pred, target, reduction="none", **kw), dtype=np.float64)
+    g_sum = np.asarray(loss.grad(pred, target, reduction="sum", **kw), dtype=np.float64)
+    g_mean = np.asarray(loss.grad(pred, target, reduction="mean", **kw), dtype=np.float64)
+    assert_close(g_sum, g_none, dtype)
+    assert_close(g_mean, g_none / none.size, dtype)
+
+
+@pytest.mark.parametrize("name", ["mse", "huber", "bce_with_logits", "sigmoid_focal"])
+def test_unit_weights_equal_unweighted(fl, name, rng):
+    pred, target, kw = elementwise_data(name, (4, 5), np.float64, rng)
+    loss = getattr(fl, name)
+    ones = np.ones(pred.shape)
+    for red in REDUCTIONS:
+        a = loss(pred, target, reduction=red, **kw)
+        b = loss(pred, target, reduction=red, sample_weight=ones, **kw)
+        assert_close(b, a, np.float64)
+        assert_close(loss.grad(pred, target, reduction=red, sample_weight=ones, **kw),
+                     loss.grad(pred, target, reduction=red, **kw), np.float64)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_weighted_mean_scale_invariant(fl, name, rng):
+    """mean = sum(w l) / sum(w): multiplying all weights by a constant changes nothing."""
+    pred, target, kw = elementwise_data(name, (11,), np.float64, rng)
+    w = sample_weight(rng, (11,))
+    loss = getattr(fl, name)
+    a = loss(pred, target, sample_weight=w, **kw)
+    b = loss(pred, target, sample_weight=4.0 * w, **kw)
+    assert_close(b, a, np.float64)
+    assert_close(float(a), np.sum(w * np.asarray(loss(pred, target, reduction="none", **kw)))
+                 / np.sum(w), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ["mse", "mae", "log_cosh", "bce_with_logits", "hinge"])
+def test_zero_weights_mean_is_nan_grad_zero(fl, name, dtype, rng):
+    pred, target, kw = elementwise_data(name, (6,), dtype, rng)
+    loss = getattr(fl, name)
+    w = np.zeros(6, dtype=dtype)
+    v, g = loss.value_and_grad(pred, target, sample_weight=w, **kw)
+    assert np.isnan(v) and np.asarray(v).dtype == dtype
+    assert np.asarray(g).dtype == dtype and np.all(np.asarray(g) == 0)
+    assert float(loss(pred, target, reduction="sum", sample_weight=w, **kw)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_empty(fl, name, dtype):
+    loss = getattr(fl, name)
+    e = np.zeros((0,), dtype=dtype)
+    t = e.copy()
+    kw = {}
+    v = loss(e, t, **kw)
+    assert np.isnan(v) and type(v) is np.dtype(dtype).type
+    s = loss(e, t, reduction="sum", **kw)
+    assert s == 0.0 and type(s) is np.dtype(dtype).type
+    n = loss(e, t, reduction="none", **kw)
+    assert isinstance(n, np.ndarray) and n.shape == (0,) and n.dtype == dtype
+    g = loss.grad(e, t, **kw)
+    assert isinstance(g, np.ndarray) and g.shape == (0,) and g.dtype == dtype
+
+
+# --------------------------------------------------------------------------------------------
+# out=
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", ["mse", "smooth_l1", "bce", "sigmoid_focal"])
+def test_out_receives_gradient(fl, name, dtype, rng):
+    pred, target, kw = elementwise_data(name, (3, 5), dtype, rng)
+    loss = getattr(fl, name)
+    _, eg = ref.ELEMENTWISE[name](pred, target, **kw)
+    out = np.full(pred.shape, np.nan, dtype=dtype)
+    v, g = loss.value_and_grad(pred, target, out=out, **kw)
+    assert g is out or np.shares_memory(g, out)
+    assert_close(out, eg, dtype)
+    out2 = np.full(pred.shape, np.nan, dtype=dtype)
+    g2 = loss.grad(pred, target, out=out2, **kw)
+    assert g2 is out2 or np.shares_memory(g2, out2)
+    assert_close(out2, eg, dtype)
+
+
+def test_out_noncontiguous(fl, rng):
+    pred, target, _ = elementwise_data("mse", (6,), np.float64, rng)
+    buf = np.full(12, -7.0)
+    out = buf[::2]
+    fl.mse.value_and_grad(pred, target, out=out)
+    _, eg = ref.mse(pred, target)
+    assert_close(out, eg, np.float64)
+    assert np.all(buf[1::2] == -7.0), "out= wrote outside its view"
+
+
+# --------------------------------------------------------------------------------------------
+# input conversion
+# --------------------------------------------------------------------------------------------
+
+
+def test_python_lists_and_scalars(fl):
+    v = fl.mse([1.0, 2.0, 4.0], [1.5, 2.0, 3.0])
+    assert isinstance(v, np.float64)
+    assert_close(v, (0.25 + 0 + 1) / 3, np.float64)
+    g = fl.mse.grad([1.0, 2.0, 4.0], [1.5, 2.0, 3.0])
+    assert isinstance(g, np.ndarray) and g.dtype == np.float64
+    assert_close(g, np.array([-1.0, 0.0, 2.0]) / 3, np.float64)
+    v0 = fl.huber(3.0, 0.5)
+    assert isinstance(v0, np.float64)
+    assert_close(v0, 2.5 - 0.5, np.float64)
+
+
+@pytest.mark.parametrize("tdtype", [np.float64, np.float16, np.int32, np.int64, np.uint8])
+def test_target_of_other_real_dtype_is_converted(fl, tdtype, rng):
+    pred = rng.standard_normal(9).astype(np.float32)
+    target = np.arange(9).astype(tdtype)
+    v, g = fl.mse.value_and_grad(pred, target)
+    assert type(v) is np.float32 and g.dtype == np.float32
+    ev, eg = ref.mse(pred, target.astype(np.float64))
+    assert_close(v, ev, np.float32)
+    assert_close(g, eg, np.float32)
+
+
+def test_bool_target_is_converted(fl):
+    pred = np.array([0.2, 0.7, 0.9])
+    target = np.array([False, True, True])
+    ev, eg = ref.bce(pred, target.astype(float))
+    v, g = fl.bce.value_and_grad(pred, target)
+    assert_close(v, ev, np.float64)
+    assert_close(g, eg, np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# numerics
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float32, 1e4), (np.float32, 3e38),
+                                       (np.float64, 1e300)])
+def test_log_cosh_no_overflow(fl, dtype, big):
+    pred = np.array([big, -big, 0.5, 0.0], dtype=dtype)
+    target = np.zeros(4, dtype=dtype)
+    v = fl.log_cosh(pred, target, reduction="none")
+    b = float(np.asarray(big, dtype=dtype))
+    expected = [b - math.log(2), b - math.log(2), math.log(math.cosh(0.5)), 0.0]
+    assert np.all(np.isfinite(v))
+    assert_close(v, expected, dtype)
+    g = fl.log_cosh.grad(pred, target, reduction="none")
+    assert_close(g, [1.0, -1.0, math.tanh(0.5), 0.0], dtype)
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float32, 1e4), (np.float64, 1e300)])
+@pytest.mark.parametrize("name", ["bce_with_logits", "sigmoid_focal"])
+def test_logit_losses_no_overflow(fl, name, dtype, big):
+    pred = np.array([big, -big, big, -big, 30.0, -30.0], dtype=dtype)
+    target = np.array([1.0, 0.0, 0.0, 1.0, 0.0, 1.0], dtype=dtype)
+    v, g = getattr(fl, name).value_and_grad(pred, target, reduction="none")
+    ev, eg = ref.ELEMENTWISE[name](pred, target, reduction="none")
+    assert np.all(np.isfinite(v)) and np.all(np.isfinite(g))
+    assert_close(v, ev, dtype)
+    assert_close(g, eg, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_with_logits_moderate_extremes(fl, dtype):
+    """log(1 + e^-x) for large x must not lose the tiny value to cancellation."""
+    pred = np.array([40.0, 20.0, -20.0, -40.0], dtype=dtype)
+    target = np.array([1.0, 1.0, 0.0, 0.0], dtype=dtype)
+    v = fl.bce_with_logits(pred, target, reduction="none")
+    expected = np.log1p(np.exp(-np.abs(pred.astype(np.float64))))
+    np.testing.assert_allclose(np.asarray(v, dtype=np.float64), expected, rtol=1e-4)
+
+
+def test_bce_clamps_logs(fl):
+    pred = np.array([0.0, 1.0, 0.0, 1.0])
+    target = np.array([1.0, 0.0, 0.0, 1.0])
+    v, g = fl.bce.value_and_grad(pred, target, reduction="none")
+    assert_close(v, [100.0, 100.0, 0.0, 0.0], np.float64)
+    assert_close(g, [-1e12, 1e12, 0.0, 0.0], np.float64)
+
+
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_nan_propagates(fl, name, rng):
+    pred, target, kw = elementwise_data(name, (5,), np.float64, rng)
+    pred[2] = np.nan
+    loss = getattr(fl, name)
+    v = loss(pred, target, **kw)
+    assert np.isnan(v)
+    assert np.isnan(loss(pred, target, reduction="sum", **kw))
+    n = loss(pred, target, reduction="none", **kw)
+    assert np.isnan(n[2]) and np.all(np.isfinite(np.delete(n, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inf_propagates(fl, dtype):
+    pred = np.array([np.inf, 0.0, 1.0], dtype=dtype)
+    target = np.zeros(3, dtype=dtype)
+    assert np.isposinf(fl.mse(pred, target, reduction="sum"))
+    assert np.isposinf(fl.mae(pred, target))
+    n = fl.mse(pred, target, reduction="none")
+    assert np.isposinf(n[0]) and n[2] == 1.0
+
+
+@pytest.mark.slow
+def test_float32_sum_accumulates_in_float64(fl):
+    rng = np.random.default_rng(1234)
+    n = 10_000_000
+    pred = (rng.standard_normal(n) + 3.0).astype(np.float32)
+    target = np.zeros(n, dtype=np.float32)
+    exact = float(np.sum(pred.astype(np.float64) ** 2))
+    s = fl.mse(pred, target, reduction="sum")
+    assert type(s) is np.float32
+    assert abs(float(s) - exact) <= 1e-6 * exact
+    m = fl.mse(pred, target)
+    assert abs(float(m) - exact / n) <= 1e-6 * exact / n
+    w = np.ones(n, dtype=np.float32)
+    m = fl.mse(pred, target, sample_weight=w)
+    assert abs(float(m) - exact / n) <= 1e-6 * exact / n
+
+
+def test_float32_sum_medium(fl):
+    """Fast version of the accumulation test: 2**20 float32 elements."""
+    rng = np.random.default_rng(5)
+    n = 1 << 20
+    pred = (rng.standard_normal(n) + 3.0).astype(np.float32)
+    target = np.zeros(n, dtype=np.float32)
+    exact = float(np.sum(pred.astype(np.float64) ** 2))
+    s = fl.mse(pred, target, reduction="sum")
+    assert abs(float(s) - exact) <= 1e-6 * exact
+    v, g = fl.mse.value_and_grad(pred, target)
+    assert abs(float(v) - exact / n) <= 1e-6 * exact / n
+    assert_close(g, 2.0 * pred.astype(np.float64) / n, np.float32)
+
+
+def test_huber_and_smooth_l1_relation(fl, rng):
+    """huber(delta) == delta * smooth_l1(beta=delta), checked against the reference too."""
+    pred, target, _ = elementwise_data("huber", (50,), np.float64, rng, {"delta": 0.7})
+    h = fl.huber(pred, target, delta=0.7, reduction="none")
+    s = fl.smooth_l1(pred, target, beta=0.7, reduction="none")
+    assert_close(h, 0.7 * np.asarray(s), np.float64)
+    assert_close(h, ref.huber(pred, target, delta=0.7, reduction="none")[0], np.float64)
+
+
+def test_mae_gradient_zero_at_tie(fl):
+    pred = np.array([1.0, 2.0, 3.0])
+    target = np.array([1.0, 1.0, 4.0])
+    g = fl.mae.grad(pred, target, reduction="none")
+    assert_close(g, [0.0, 1.0, -1.0], np.float64)
+
+
+def test_smooth_l1_beta0_is_l1(fl, rng):
+    pred, target, _ = elementwise_data("mae", (20,), np.float64, rng)
+    v, g = fl.smooth_l1.value_and_grad(pred, target, beta=0.0, reduction="none")
+    assert_close(v, np.abs(pred - target), np.float64)
+    assert_close(g, np.sign(pred - target), np.float64)
+
+
+@pytest.mark.parametrize("q", [0.1, 0.5, 0.75])
+def test_quantile_vs_sklearn(fl, q, rng):
+    sk = pytest.importorskip("sklearn.metrics")
+    pred, target, _ = elementwise_data("quantile", (40,), np.float64, rng)
+    w = sample_weight(rng, (40,))
+    assert_close(fl.quantile(pred, target, q=q),
+                 sk.mean_pinball_loss(target, pred, alpha=q), np.float64)
+    assert_close(fl.quantile(pred, target, q=q, sample_weight=w),
+                 sk.mean_pinball_loss(target, pred, alpha=q, sample_weight=w), np.float64)
+
+
+@pytest.mark.parametrize("targets01", [False, True])
+def test_hinge_vs_sklearn(fl, targets01, rng):
+    sk = pytest.importorskip("sklearn.metrics")
+    pred, target, _ = elementwise_data("hinge", (40,), np.float64, rng)
+    w = sample_weight(rng, (40,))
+    t = (target + 1) / 2 if targets01 else target
+    assert_close(fl.hinge(pred, t), sk.hinge_loss(target, pred), np.float64)
+    assert_close(fl.hinge(pred, t, sample_weight=w),
+                 sk.hinge_loss(target, pred, sample_weight=w), np.float64)
+
+
+def test_squared_hinge_keras_formula(fl, rng):
+    """keras squared_hinge: mean(square(max(1 - y_true * y_pred, 0))), 0/1 labels -> ±1."""
+    pred, target, _ = elementwise_data("squared_hinge", (4, 6), np.float64, rng)
+    t01 = (target + 1) / 2
+    expected = np.mean(np.square(np.maximum(1.0 - target * pred, 0.0)))
+    assert_close(fl.squared_hinge(pred, target), expected, np.float64)
+    assert_close(fl.squared_hinge(pred, t01), expected, np.float64)
+
+
+def test_all_ones_hinge_targets(fl):
+    """Targets all 1 (or all -1) are valid ±1 targets."""
+    pred = np.array([0.5, 2.0, -1.0])
+    assert_close(fl.hinge(pred, np.ones(3), reduction="none"), [0.5, 0.0, 2.0], np.float64)
+    assert_close(fl.hinge(pred, -np.ones(3), reduction="none"), [1.5, 3.0, 0.0], np.float64)
+    # all-zero 0/1 targets mean all -1
+    assert_close(fl.hinge(pred, np.zeros(3), reduction="none"), [1.5, 3.0, 0.0], np.float64)

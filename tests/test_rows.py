@@ -1,0 +1,273 @@
+"""Row losses (cross_entropy, multi_margin, kl_div) against reference.py."""
+import numpy as np
+import pytest
+
+import reference as ref
+from _cases import ROWS, call_all, case_id, lead_shape, row_cases, row_data, sample_weight
+from _checks import check_grad, check_value, check_vg_consistent, same_bits
+from conftest import assert_close
+
+SHAPES = [(5,), (1, 5), (7, 5), (0, 5), (4, 3, 6), (257, 10), (4, 1)]
+SHAPE_IDS = ["C5", "1x5", "7x5", "0x5", "4x3x6", "257x10", "4x1"]
+
+
+def reductions(name):
+    return ["mean", "sum", "none"] + (["batchmean"] if name == "kl_div" else [])
+
+
+def _params(names_opts, extra=()):
+    out = []
+    for name, opts in names_opts:
+        for red in reductions(name):
+            out.append(pytest.param(name, opts, red, id=f"{name}-{case_id(opts)}-{red}"))
+    return out
+
+
+def _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng, axis=None,
+                   factor=1.0):
+    ax = -1 if axis is None else axis
+    pred, target, kw = row_data(name, shape, dtype, rng, opts, axis=ax)
+    if axis is not None:
+        kw["axis"] = axis
+    lead = lead_shape(shape, ax)
+    sw = sample_weight(rng, lead, dtype) if weighted else None
+    loss = getattr(fl, name)
+    pc, tc = pred.copy(), np.array(target, copy=True)
+    v, g, vg = call_all(loss, pred, target, reduction=reduction, sample_weight=sw, **kw)
+    ev, eg = ref.ROWS[name](pred, target, reduction=reduction, sample_weight=sw, **kw)
+    msg = f"{name} {kw} {reduction} {dtype} {shape} weighted={weighted}"
+    check_value(v, ev, dtype, reduction, lead, factor=factor, msg=msg)
+    check_grad(g, eg, dtype, shape, factor=factor, msg=msg)
+    check_vg_consistent(v, g, vg)
+    assert same_bits(pred, pc) and same_bits(target, tc), "inputs were modified"
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,opts,reduction", _params(row_cases(default_only=True)))
+def test_default_options(fl, name, opts, reduction, dtype, shape, weighted, rng):
+    _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng)
+
+
+_OPT = [(n, o) for n, o in row_cases() if o]
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("shape", [(7, 5), (4, 3, 6)], ids=["7x5", "4x3x6"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,opts,reduction", _params(_OPT))
+def test_options(fl, name, opts, reduction, dtype, shape, weighted, rng):
+    _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng)
+
+
+@pytest.mark.parametrize("axis,shape", [(0, (5, 7)), (1, (4, 6, 3)), (0, (6, 2, 3)),
+                                        (-2, (3, 5, 4))], ids=["0of2d", "1of3d", "0of3d", "-2of3d"])
+@pytest.mark.parametrize("name,opts", [("cross_entropy", {}),
+                                       ("cross_entropy", {"_probs": True,
+                                                          "label_smoothing": 0.1}),
+                                       ("cross_entropy", {"_ignore": True,
+                                                          "class_weight": "array"}),
+                                       ("multi_margin", {"p": 2}), ("kl_div", {})],
+                         ids=["ce", "ce-probs", "ce-ign-cw", "mm", "kl"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+def test_axis(fl, name, opts, axis, shape, weighted, rng):
+    for red in reductions(name):
+        _run_and_check(fl, name, opts, shape, np.float64, red, weighted, rng, axis=axis)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name,opts", [("cross_entropy", {}), ("cross_entropy", {"_probs": True}),
+                                       ("multi_margin", {}), ("kl_div", {})],
+                         ids=["ce", "ce-probs", "mm", "kl"])
+def test_float16(fl, name, opts, reduction, rng):
+    _run_and_check(fl, name, opts, (6, 4), np.float16, reduction, False, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# cross_entropy specifics
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ldtype", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64])
+def test_label_integer_dtypes(fl, ldtype, rng):
+    pred = rng.standard_normal((6, 4))
+    labels = rng.integers(0, 4, size=6)
+    ev, eg = ref.cross_entropy(pred, labels)
+    v, g = fl.cross_entropy.value_and_grad(pred, labels.astype(ldtype))
+    assert_close(v, ev, np.float64)
+    assert_close(g, eg, np.float64)
+    v = fl.multi_margin(pred, labels.astype(ldtype))
+    assert_close(v, ref.multi_margin(pred, labels)[0], np.float64)
+
+
+def test_ce_all_rows_ignored(fl, rng):
+    pred = rng.standard_normal((4, 3))
+    labels = np.full(4, -100)
+    v, g = fl.cross_entropy.value_and_grad(pred, labels)
+    assert np.isnan(v)
+    assert np.all(g == 0) and g.shape == (4, 3)
+    assert fl.cross_entropy(pred, labels, reduction="sum") == 0.0
+    n = fl.cross_entropy(pred, labels, reduction="none")
+    assert n.shape == (4,) and np.all(n == 0)
+    # also with label smoothing (ignored rows get no smoothing term either)
+    v, g = fl.cross_entropy.value_and_grad(pred, labels, label_smoothing=0.2)
+    assert np.isnan(v) and np.all(g == 0)
+
+
+def test_ce_zero_weights(fl, rng):
+    pred = rng.standard_normal((4, 3))
+    labels = np.array([0, 1, 2, 1])
+    v, g = fl.cross_entropy.value_and_grad(pred, labels, sample_weight=np.zeros(4))
+    assert np.isnan(v) and np.all(g == 0)
+    # class weight zero on every present label
+    v, g = fl.cross_entropy.value_and_grad(np.asarray(pred), np.array([1, 1, 1, 1]),
+                                           class_weight=np.array([1.0, 0.0, 2.0]))
+    assert np.isnan(v) and np.all(g == 0)
+
+
+def test_ce_mean_divides_by_effective_weights(fl, rng):
+    """mean = sum(sw cw[y] l) / sum(sw cw[y]) over non-ignored rows, written out by hand."""
+    pred = rng.standard_normal((5, 4))
+    labels = np.array([0, 3, -100, 2, 3])
+    cw = np.array([0.5, 1.0, 2.0, 3.0])
+    sw = np.array([1.0, 2.0, 5.0, 0.5, 1.5])
+    lsm = pred - np.log(np.sum(np.exp(pred), axis=1, keepdims=True))
+    valid = labels != -100
+    nll = -lsm[np.arange(5), np.where(valid, labels, 0)]
+    weff = np.where(valid, sw * cw[np.where(valid, labels, 0)], 0.0)
+    expected = np.sum(weff * nll) / np.sum(weff)
+    assert_close(fl.cross_entropy(pred, labels, class_weight=cw, sample_weight=sw), expected,
+                 np.float64)
+    assert_close(fl.cross_entropy(pred, labels, class_weight=cw, sample_weight=sw,
+                                  reduction="none"), weff * nll, np.float64)
+
+
+def test_ce_prob_targets_mean_is_over_rows(fl, rng):
+    pred = rng.standard_normal((5, 4))
+    t = rng.dirichlet(np.ones(4), size=5)
+    cw = np.array([0.5, 1.0, 2.0, 3.0])
+    lsm = pred - np.log(np.sum(np.exp(pred), axis=1, keepdims=True))
+    l = -np.sum(cw * t * lsm, axis=1)
+    assert_close(fl.cross_entropy(pred, t, class_weight=cw), l.mean(), np.float64)
+    sw = np.array([1.0, 2.0, 0.0, 0.5, 1.5])
+    assert_close(fl.cross_entropy(pred, t, class_weight=cw, sample_weight=sw),
+                 np.sum(sw * l) / np.sum(sw), np.float64)
+
+
+def test_ce_label_smoothing_one(fl, rng):
+    pred = rng.standard_normal((3, 4))
+    labels = np.array([0, 2, 3])
+    lsm = pred - np.log(np.sum(np.exp(pred), axis=1, keepdims=True))
+    assert_close(fl.cross_entropy(pred, labels, label_smoothing=1.0, reduction="none"),
+                 -lsm.mean(axis=1), np.float64)
+
+
+def test_ce_one_hot_probs_equal_labels(fl, rng):
+    pred = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 5, size=6)
+    onehot = np.eye(5)[labels]
+    for ls in [0.0, 0.2]:
+        a = fl.cross_entropy.value_and_grad(pred, labels, label_smoothing=ls)
+        b = fl.cross_entropy.value_and_grad(pred, onehot, label_smoothing=ls)
+        assert_close(b[0], a[0], np.float64)
+        assert_close(b[1], a[1], np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ce_masked_logits(fl, dtype):
+    """-inf logits (masked classes) give a finite loss and gradient."""
+    pred = np.array([[1.0, -np.inf, 0.5, -np.inf],
+                     [-np.inf, 2.0, -np.inf, -1.0]], dtype=dtype)
+    labels = np.array([2, 1])
+    v, g = fl.cross_entropy.value_and_grad(pred, labels, reduction="none")
+    ev, eg = ref.cross_entropy(pred, labels, reduction="none")
+    assert np.all(np.isfinite(v)) and np.all(np.isfinite(g))
+    assert_close(v, ev, dtype)
+    assert_close(g, eg, dtype)
+    assert g[0, 1] == 0 and g[0, 3] == 0 and g[1, 0] == 0
+    v, g = fl.cross_entropy.value_and_grad(pred, labels, class_weight=np.array([1., 2, 3, 4]))
+    assert np.isfinite(v) and np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("dtype,big", [(np.float32, 1e4), (np.float64, 1e300)])
+def test_ce_huge_logits(fl, dtype, big):
+    pred = np.array([[big, -big, 0.0], [-big, big, big], [big, big, -big]], dtype=dtype)
+    labels = np.array([1, 2, 0])
+    for red in ["none", "mean"]:
+        v, g = fl.cross_entropy.value_and_grad(pred, labels, reduction=red)
+        ev, eg = ref.cross_entropy(pred, labels, reduction=red)
+        assert np.all(np.isfinite(v)) and np.all(np.isfinite(g))
+        assert_close(v, ev, dtype)
+        assert_close(g, eg, dtype)
+
+
+def test_ce_nan_propagates(fl, rng):
+    pred = rng.standard_normal((3, 4))
+    pred[1, 2] = np.nan
+    labels = np.array([0, 1, 2])
+    assert np.isnan(fl.cross_entropy(pred, labels))
+    n = fl.cross_entropy(pred, labels, reduction="none")
+    assert np.isnan(n[1]) and np.all(np.isfinite(n[[0, 2]]))
+
+
+# --------------------------------------------------------------------------------------------
+# kl_div specifics
+# --------------------------------------------------------------------------------------------
+
+
+def test_kl_div_batchmean_weighted_3d(fl, rng):
+    """(sum_r w_r L_r / sum_r w_r) R / pred.shape[0], written out by hand."""
+    lp = np.log(rng.dirichlet(np.ones(4), size=(3, 5)))
+    t = rng.dirichlet(np.ones(4), size=(3, 5))
+    w = rng.uniform(0.1, 2.0, size=(3, 5))
+    L = np.sum(t * (np.log(t) - lp), axis=-1)
+    expected = np.sum(w * L) / np.sum(w) * 15 / 3
+    assert_close(fl.kl_div(lp, t, reduction="batchmean", sample_weight=w), expected, np.float64)
+    assert_close(fl.kl_div(lp, t, reduction="batchmean"), L.sum() / 3, np.float64)
+    assert_close(fl.kl_div(lp, t, reduction="mean", sample_weight=w),
+                 np.sum(w * L) / (4 * np.sum(w)), np.float64)
+
+
+def test_kl_div_zero_target(fl):
+    lp = np.log(np.array([[0.5, 0.25, 0.25]]))
+    t = np.array([[1.0, 0.0, 0.0]])
+    v, g = fl.kl_div.value_and_grad(lp, t, reduction="sum")
+    assert_close(v, -np.log(0.5), np.float64)
+    assert_close(g, [[-1.0, 0.0, 0.0]], np.float64)
+
+
+def test_kl_div_log_target_equals_prob_target(fl, rng):
+    lp = np.log(rng.dirichlet(np.ones(5), size=4))
+    q = rng.dirichlet(np.ones(5), size=4)
+    a = fl.kl_div.value_and_grad(lp, q, reduction="batchmean")
+    b = fl.kl_div.value_and_grad(lp, np.log(q), reduction="batchmean", log_target=True)
+    assert_close(b[0], a[0], np.float64)
+    assert_close(b[1], a[1], np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# multi_margin specifics
+# --------------------------------------------------------------------------------------------
+
+
+def test_multi_margin_by_hand(fl):
+    x = np.array([[0.1, 0.2, 0.4, 0.8]])
+    y = np.array([3])
+    # torch docs example: (1-0.8+0.1 + 1-0.8+0.2 + 1-0.8+0.4) / 4 = 0.325
+    assert_close(fl.multi_margin(x, y), 0.325, np.float64)
+    g = fl.multi_margin.grad(x, y)
+    assert_close(g, [[0.25, 0.25, 0.25, -0.75]], np.float64)
+    assert_close(fl.multi_margin(x, y, p=2),
+                 (0.3 ** 2 + 0.4 ** 2 + 0.6 ** 2) / 4, np.float64)
+
+
+@pytest.mark.parametrize("name", ROWS)
+def test_sum_equals_sum_of_none(fl, name, rng):
+    pred, target, kw = row_data(name, (6, 5), np.float64, rng, {})
+    loss = getattr(fl, name)
+    n = loss(pred, target, reduction="none", **kw)
+    assert n.shape == (6,)
+    assert_close(loss(pred, target, reduction="sum", **kw), np.sum(n), np.float64)
+    assert_close(loss.grad(pred, target, reduction="sum", **kw),
+                 loss.grad(pred, target, reduction="none", **kw), np.float64)
