@@ -23,6 +23,16 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def on_device(x):
+    """True for GPU arrays: anything exposing ``__cuda_array_interface__`` (Numba device arrays,
+    CuPy, PyTorch CUDA tensors). Checked without importing any GPU library."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def any_on_device(*xs):
+    return any(on_device(x) for x in xs if x is not None)
+
+
 def family_of(x):
     return TORCH if _is_torch(x) else NUMPY
 

@@ -42,6 +42,8 @@ class Option:
             if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
                 raise TypeError(f"{loss_name}: {self.name} must be True or False, got {value!r}")
             return bool(value)
+        if self.array and _arrays.on_device(value):
+            return value  # a per-element option on the GPU: the CUDA backend checks it
         if self.array and not np.isscalar(value) and value is not None:
             arr = _arrays.to_numpy(value, self.name)
             if arr.ndim > 0:
@@ -119,7 +121,12 @@ class Loss:
         return reduction, sample_weight, out, opts
 
     def _run(self, op, pred, target, kwargs):
-        reduction, sample_weight, out, opts = self._parse(op, dict(kwargs))
+        kwargs = dict(kwargs)
+        stream = kwargs.pop("stream", None)
+        reduction, sample_weight, out, opts = self._parse(op, kwargs)
+        if _arrays.any_on_device(pred, target, sample_weight, out, *opts.values()):
+            from . import _cuda  # imported only when the first device array arrives
+            return _cuda.run(self, op, pred, target, sample_weight, reduction, opts, out, stream)
         family = _arrays.family_of(pred)
         p = _arrays.to_numpy(pred, "pred")
         rdt, cdt = _arrays.pred_dtypes(p)
