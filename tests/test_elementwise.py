@@ -372,3 +372,48 @@ def test_all_ones_hinge_targets(fl):
     assert_close(fl.hinge(pred, -np.ones(3), reduction="none"), [1.5, 3.0, 0.0], np.float64)
     # all-zero 0/1 targets mean all -1
     assert_close(fl.hinge(pred, np.zeros(3), reduction="none"), [1.5, 3.0, 0.0], np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# array backends (NumPy, torch CPU tensors; later CUDA)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_backend(fl, backend, name, reduction, dtype, weighted, rng):
+    shape = (3, 4)
+    pred, target, kw = elementwise_data(name, shape, dtype, rng)
+    sw = sample_weight(rng, shape, dtype) if weighted else None
+    ev, eg = ref.ELEMENTWISE[name](pred, target, reduction=reduction, sample_weight=sw, **kw)
+    P, T, W = backend.to_backend(pred), backend.to_backend(target), backend.to_backend(sw)
+    loss = getattr(fl, name)
+    v, g, vg = call_all(loss, P, T, reduction=reduction, sample_weight=W, **kw)
+    check_value(v, ev, dtype, reduction, shape, backend=backend)
+    check_grad(g, eg, dtype, shape, backend=backend)
+    check_vg_consistent(v, g, vg, backend=backend)
+    assert same_bits(backend.to_numpy(P), pred), "input modified"
+
+
+@pytest.mark.parametrize("name", ["mse", "bce_with_logits"])
+def test_backend_float16_and_out(fl, backend, name, rng):
+    pred, target, kw = elementwise_data(name, (5,), np.float16, rng)
+    ev, eg = ref.ELEMENTWISE[name](pred, target, **kw)
+    P, T = backend.to_backend(pred), backend.to_backend(target)
+    v, g = getattr(fl, name).value_and_grad(P, T, **kw)
+    check_value(v, ev, np.float16, "mean", (5,), backend=backend)
+    check_grad(g, eg, np.float16, (5,), backend=backend)
+    out = backend.empty_like(P)
+    v, g = getattr(fl, name).value_and_grad(P, T, out=out, **kw)
+    assert_close(backend.to_numpy(out), eg, np.float16)
+
+
+def test_backend_0d(fl, backend):
+    P = backend.to_backend(np.array(1.5))
+    T = backend.to_backend(np.array(0.5))
+    v, g = fl.mse.value_and_grad(P, T)
+    backend.check_scalar(v, np.float64)
+    assert float(backend.to_numpy(v)) == 1.0
+    assert float(backend.to_numpy(g)) == 2.0

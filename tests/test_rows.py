@@ -271,3 +271,29 @@ def test_sum_equals_sum_of_none(fl, name, rng):
     assert_close(loss(pred, target, reduction="sum", **kw), np.sum(n), np.float64)
     assert_close(loss.grad(pred, target, reduction="sum", **kw),
                  loss.grad(pred, target, reduction="none", **kw), np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# array backends
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,opts,reduction",
+                         _params(row_cases(default_only=True)
+                                 + [("cross_entropy", {"_probs": True}),
+                                    ("cross_entropy", {"_ignore": True,
+                                                       "class_weight": "array"})]))
+def test_backend(fl, backend, name, opts, reduction, dtype, weighted, rng):
+    shape = (4, 5)
+    pred, target, kw = row_data(name, shape, dtype, rng, opts)
+    sw = sample_weight(rng, (4,), dtype) if weighted else None
+    ev, eg = ref.ROWS[name](pred, target, reduction=reduction, sample_weight=sw, **kw)
+    kw = {k: (backend.to_backend(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    P, T, W = backend.to_backend(pred), backend.to_backend(target), backend.to_backend(sw)
+    loss = getattr(fl, name)
+    v, g, vg = call_all(loss, P, T, reduction=reduction, sample_weight=W, **kw)
+    check_value(v, ev, dtype, reduction, (4,), backend=backend)
+    check_grad(g, eg, dtype, shape, backend=backend)
+    check_vg_consistent(v, g, vg, backend=backend)
