@@ -1,0 +1,1 @@
+"""Benchmark machinery shared by `fastloss bench` and benchmarks/."""

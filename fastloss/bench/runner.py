@@ -1,0 +1,165 @@
+"""Timing side by side: fastloss, NumPy, PyTorch and the memory-bandwidth ceiling, in one run.
+
+Every figure is a median of several samples, each sample long enough (``min_time``) to swamp
+timer resolution. Machines are shared and noisy: compare ratios measured in the same run, not
+absolute times across runs.
+"""
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .. import LOSSES
+from .cases import CASES, torch_baselines
+
+
+def median_time(fn, min_time=0.02, samples=5):
+    """Median seconds per call of ``fn`` over ``samples`` samples of at least ``min_time`` each."""
+    fn()  # warm up (compilation, caches, allocator)
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    loops = max(1, int(min_time / once))
+    times = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        times.append((time.perf_counter() - t0) / loops)
+    return statistics.median(times)
+
+
+def read_ceiling(nbytes, min_time=0.02, samples=5):
+    """GB/s of a plain parallel streaming read of ``nbytes`` (the CPU's bandwidth ceiling)."""
+    from ..kernels.cpu_stream import stream_sum
+
+    buf = np.ones(max(1, nbytes // 4), dtype=np.float32)
+    t = median_time(lambda: stream_sum(buf), min_time, samples)
+    return buf.nbytes / t / 1e9
+
+
+def _torch_call(fn, pred, target, case, backward):
+    import torch
+
+    tp = torch.from_numpy(pred)
+    tt = torch.from_numpy(target)
+    if not backward:
+        def run():
+            with torch.no_grad():
+                fn(tp, tt)
+        return run
+
+    def run_bwd():
+        x = tp.detach().requires_grad_(True)
+        fn(x, tt).backward()
+    return run_bwd
+
+
+def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, ceilings=None, torch_fns=None):
+    """Measure one (loss, shape, dtype, op) on the CPU: a dict of times, bytes and ratios."""
+    case = CASES[name]
+    loss = LOSSES[name]
+    pred, target = case.inputs(shape, np.dtype(dtype), rng)
+    opts = dict(case.options)
+    if op == "value":
+        fast = lambda: loss(pred, target, **opts)  # noqa: E731
+        base = lambda: case.numpy_value(pred, target)  # noqa: E731
+    else:
+        out = np.empty_like(pred)
+        fast = lambda: loss.value_and_grad(pred, target, out=out, **opts)  # noqa: E731
+        base = lambda: case.numpy_vg(pred, target)  # noqa: E731
+    res = {"loss": name, "op": op, "backend": "cpu", "shape": list(shape), "dtype": str(np.dtype(dtype)),
+           "elements": int(pred.size)}
+    res["fastloss_s"] = median_time(fast, min_time, samples)
+    res["numpy_s"] = median_time(base, min_time, samples)
+    torch_fns = torch_baselines() if torch_fns is None else torch_fns
+    if name in torch_fns:
+        res["torch_s"] = median_time(_torch_call(torch_fns[name], pred, target, case, op != "value"),
+                                     min_time, samples)
+    nbytes = case.bytes_moved(pred, target, op)
+    res["bytes"] = int(nbytes)
+    res["gbps"] = nbytes / res["fastloss_s"] / 1e9
+    key = int(pred.nbytes + target.nbytes)
+    if ceilings is not None and key in ceilings:
+        ceil = ceilings[key]
+    else:
+        ceil = read_ceiling(key, min_time, samples)
+        if ceilings is not None:
+            ceilings[key] = ceil
+    res["ceiling_gbps"] = ceil
+    res["fraction_of_ceiling"] = res["gbps"] / ceil
+    res["speedup_numpy"] = res["numpy_s"] / res["fastloss_s"]
+    if "torch_s" in res:
+        res["speedup_torch"] = res["torch_s"] / res["fastloss_s"]
+    return res
+
+
+_STARTUP_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import fastloss as fl
+from fastloss.bench.cases import CASES
+t_import = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+times = {}
+for name in CASES:
+    case = CASES[name]
+    shape = (64, 10) if case.rows else (640,)
+    p, t = case.inputs(shape, np.dtype("float32"), rng)
+    t1 = time.perf_counter()
+    fl.LOSSES[name].value_and_grad(p, t, **case.options)
+    times[name] = time.perf_counter() - t1
+json.dump({"import_s": t_import, "first_call_s": times, "total_s": time.perf_counter() - t0}, sys.stdout)
+"""
+
+
+def startup_times(cache_dir):
+    """Import time and first-call times of every loss in fresh processes: once with an empty
+    kernel cache (compilation) and once more with the cache it left (warm start)."""
+    import json
+
+    env = dict(os.environ, FASTLOSS_CACHE_DIR=cache_dir)
+    runs = {}
+    for label in ("cold", "warm"):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT], env=env, capture_output=True, text=True,
+                             check=True).stdout
+        runs[label] = json.loads(out)
+        runs[label]["process_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import fastloss"], env=env, check=True)
+    runs["import_process_s"] = time.perf_counter() - t0
+    return runs
+
+
+def hardware():
+    """A description of this machine for the JSON results."""
+    import numba
+
+    info = {"python": platform.python_version(), "numpy": np.__version__, "numba": numba.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count(), "numba_threads": numba.config.NUMBA_NUM_THREADS,
+            "threading_layer": None}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        info["threading_layer"] = numba.threading_layer()
+    except ValueError:
+        pass
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info

@@ -1,0 +1,192 @@
+"""The ``fastloss`` command: ``fastloss bench`` measures fastloss against NumPy, PyTorch and the
+machine's bandwidth ceiling, side by side in one run, and prints a table."""
+import argparse
+import json
+import sys
+import tempfile
+import time
+
+DEFAULT_SIZES = (2**10, 2**16, 2**20)
+DEFAULT_ROWS = ((4096, 1000),)
+
+
+def _parse_size(text):
+    """'65536', '2**16' or '4096x1000' -> int or (R, C)."""
+    text = text.strip().lower()
+    if "x" in text:
+        r, c = text.split("x", 1)
+        return (_parse_size(r), _parse_size(c))
+    if "**" in text:
+        base, exp = text.split("**", 1)
+        return int(base) ** int(exp)
+    return int(text)
+
+
+class _Progress:
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.tty = stream.isatty()
+
+    def step(self, label):
+        self.done += 1
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
+        if self.tty:
+            self.stream.write("\r" + line[:100].ljust(100))
+            if self.done == self.total:
+                self.stream.write("\n")
+        elif self.done == self.total or self.done % max(1, self.total // 10) == 0:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _fmt_time(s):
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f}µs"
+    if s < 1:
+        return f"{s * 1e3:.2f}ms"
+    return f"{s:.2f}s"
+
+
+def _fmt_ratio(r):
+    return "-" if r is None else f"{r:.1f}x"
+
+
+def print_table(results, have_torch, out=sys.stdout):
+    head = (f"{'loss':16s} {'op':14s} {'backend':7s} {'size':>12s} {'dtype':7s} {'fastloss':>9s} "
+            f"{'GB/s':>6s} {'%ceil':>6s} {'vs NumPy':>9s} {'vs torch':>9s}")
+    out.write(head + "\n" + "-" * len(head) + "\n")
+    for r in results:
+        size = "x".join(map(str, r["shape"]))
+        torch_col = _fmt_ratio(r.get("speedup_torch")) if have_torch else "no torch"
+        out.write(f"{r['loss']:16s} {r['op']:14s} {r['backend']:7s} {size:>12s} {r['dtype']:7s} "
+                  f"{_fmt_time(r['fastloss_s']):>9s} {r['gbps']:6.1f} {100 * r['fraction_of_ceiling']:5.0f}% "
+                  f"{_fmt_ratio(r['speedup_numpy']):>9s} {torch_col:>9s}\n")
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    names = sorted({r["loss"] for r in results})
+    cols = 4
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for op, style in (("value", "o-"), ("value_and_grad", "s--")):
+            pts = sorted((r["bytes"], r["gbps"], r["ceiling_gbps"]) for r in results
+                         if r["loss"] == name and r["op"] == op)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=op)
+        ceil = sorted((r["bytes"], r["ceiling_gbps"]) for r in results if r["loss"] == name)
+        if ceil:
+            ax.plot([c[0] for c in ceil], [c[1] for c in ceil], "k:", label="read ceiling")
+        ax.set_xscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("bytes moved")
+        ax.set_ylabel("GB/s")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def bench(argv):
+    from .bench import cases, runner
+
+    ap = argparse.ArgumentParser(prog="fastloss bench", description=__doc__)
+    ap.add_argument("--loss", nargs="+", choices=sorted(cases.CASES), help="losses to measure (default: all)")
+    ap.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--size", nargs="+", type=_parse_size,
+                    help="element counts (e.g. 2**20) for elementwise losses, RxC (e.g. 2048x32000) for row "
+                         "losses (default: 2**10 2**16 2**20 and 4096x1000)")
+    ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
+    ap.add_argument("--op", nargs="+", default=["value", "value_and_grad"], choices=["value", "value_and_grad"])
+    ap.add_argument("--json", metavar="PATH", help="write machine-readable results (with the hardware) here")
+    ap.add_argument("--plot", metavar="PATH.png", help="plot throughput against size per loss (needs matplotlib)")
+    ap.add_argument("--min-time", type=float, default=0.01, help="seconds per timing sample (default 0.01)")
+    ap.add_argument("--samples", type=int, default=5, help="timing samples per figure; the median is kept")
+    ap.add_argument("--no-startup", action="store_true", help="skip the import and compile-time measurements")
+    args = ap.parse_args(argv)
+    if args.backend == "cuda":
+        raise SystemExit("fastloss bench --backend cuda: use benchmarks/bench_gpu.py on a GPU machine for now")
+
+    names = args.loss or list(cases.CASES)
+    sizes = [s for s in (args.size or DEFAULT_SIZES) if isinstance(s, int)]
+    shapes = [s for s in (args.size or DEFAULT_ROWS) if isinstance(s, tuple)]
+    if args.size and not shapes:
+        shapes = list(DEFAULT_ROWS)
+    if args.size and not sizes:
+        sizes = list(DEFAULT_SIZES)
+    plan = []
+    for name in names:
+        for shape in (shapes if cases.CASES[name].rows else [(n,) for n in sizes]):
+            for dtype in args.dtype:
+                for op in args.op:
+                    plan.append((name, shape, dtype, op))
+
+    import numpy as np
+
+    torch_fns = cases.torch_baselines()
+    results, ceilings = [], {}
+    rng = np.random.default_rng(0)
+    progress = _Progress(len(plan) + (0 if args.no_startup else 1))
+    startup = None
+    if not args.no_startup:
+        with tempfile.TemporaryDirectory() as tmp:
+            startup = runner.startup_times(tmp)
+        progress.step("import and compile times")
+    t0 = time.perf_counter()
+    for name, shape, dtype, op in plan:
+        results.append(runner.bench_case(name, shape, dtype, op, rng, args.min_time, args.samples, ceilings,
+                                         torch_fns))
+        progress.step(f"{name} {op} {'x'.join(map(str, shape))} {dtype}")
+    elapsed = time.perf_counter() - t0
+
+    hw = runner.hardware()
+    print(f"\nfastloss bench on {hw.get('cpu', hw['machine'])}, {hw['cpus']} CPUs, numba {hw['numba']} "
+          f"({hw['numba_threads']} threads, {hw['threading_layer']} layer)"
+          + (f", torch {hw['torch']} ({hw['torch_threads']} threads)" if "torch" in hw else ", no PyTorch"))
+    print("Times are medians; GB/s counts inputs read once and the gradient written once (row losses read "
+          "the logits twice); %ceil compares with a parallel streaming read measured in the same run.\n")
+    print_table(results, bool(torch_fns))
+    if startup:
+        cold, warm = startup["cold"], startup["warm"]
+        print(f"\nimport fastloss: {_fmt_time(warm['import_s'])} in-process "
+              f"({_fmt_time(startup['import_process_s'])} for a whole `python -c 'import fastloss'`)")
+        print("first value_and_grad per loss, fresh process: compile (empty cache) / warm cache")
+        for name in cold["first_call_s"]:
+            print(f"  {name:16s} {_fmt_time(cold['first_call_s'][name]):>9s} / "
+                  f"{_fmt_time(warm['first_call_s'][name]):>9s}")
+        print(f"  every loss once, whole process: {cold['process_s']:.2f}s cold, {warm['process_s']:.2f}s warm")
+    print(f"\nsweep took {elapsed:.1f}s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"hardware": hw, "results": results, "startup": startup}, fh, indent=1)
+        print(f"results written to {args.json}")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: fastloss bench [options]   (fastloss bench --help for the options)")
+        return 0 if argv else 2
+    if argv[0] == "bench":
+        return bench(argv[1:])
+    print(f"fastloss: unknown command {argv[0]!r}; try 'fastloss bench'", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
