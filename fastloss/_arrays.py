@@ -25,8 +25,9 @@ def _is_torch(x):
 
 def on_device(x):
     """True for GPU arrays: anything exposing ``__cuda_array_interface__`` (Numba device arrays,
-    CuPy, PyTorch CUDA tensors). Checked without importing any GPU library."""
-    return hasattr(x, "__cuda_array_interface__")
+    CuPy, PyTorch CUDA tensors), and the CUDA simulator's arrays, which mark themselves with
+    ``__cuda_ndarray__``. Checked without importing any GPU library."""
+    return hasattr(x, "__cuda_array_interface__") or getattr(type(x), "__cuda_ndarray__", False)
 
 
 def any_on_device(*xs):
@@ -72,11 +73,17 @@ def pred_dtypes(pred):
     return dt.newbyteorder("="), compute
 
 
+def contiguous(arr, dtype=None):
+    """``arr`` as a C-contiguous array (of ``dtype``), copying only if needed. Unlike
+    ``np.ascontiguousarray`` it keeps 0-d arrays 0-d."""
+    return np.asarray(arr, dtype=dtype, order="C")
+
+
 def as_real(arr, name, dtype):
     """``arr`` as a C-contiguous array of ``dtype``; TypeError for non-real data."""
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return contiguous(arr, dtype)
 
 
 def as_labels(arr, name):
@@ -86,7 +93,7 @@ def as_labels(arr, name):
                         f"got dtype {arr.dtype} and shape {arr.shape}")
     if arr.dtype.kind == "u" and arr.dtype.itemsize == 8 and arr.size and arr.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} has labels too large for int64")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return contiguous(arr, np.int64)
 
 
 def check_out(out, shape, dtype, name="out"):
@@ -133,4 +140,7 @@ def wrap(value, family, out=None):
     if family == NUMPY:
         return value
     torch = sys.modules["torch"]
-    return torch.from_numpy(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else np.asarray(value))
+    arr = np.asarray(value)
+    if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn a 0-d array into 1-d)
+        arr = arr.copy(order="C")
+    return torch.from_numpy(arr)

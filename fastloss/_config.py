@@ -1,22 +1,26 @@
 """Every tuning knob and jit option of fastloss, in one place.
 
-Why these fastmath flags: 'reassoc' lets LLVM vectorise reductions, 'contract' allows FMA and
-'arcp' turns divisions by a loop invariant into multiplications. We never pass 'nnan' or 'ninf'
-(nor fastmath=True, which implies them): NaN and Inf must propagate as IEEE arithmetic says.
+Why no fastmath flags on the CPU kernels: 'reassoc' and 'contract' let LLVM round differently in
+different loops (a sum vectorised with another interleave, an FMA formed in one kernel and not in
+the other), so ``value_and_grad`` would not match ``loss(...)`` and ``loss.grad(...)`` bit for
+bit, nor one CPU another. Reductions instead accumulate into ``LANES`` explicit lanes, which LLVM
+vectorises without reassociation. 'nnan'/'ninf' (and fastmath=True) are never used anywhere: NaN
+and Inf must propagate as IEEE arithmetic says.
 """
 import os
 
-FASTMATH = frozenset({"reassoc", "contract", "arcp"})
+#: Lanes of a vectorised reduction: element i of a chunk is added into lane i % LANES.
+LANES = 64
 
 #: Options of the scalar loss functions (value, derivative, helpers) on the CPU. They are
 #: inlined into the loop at Numba-IR level so that LLVM sees one loop body and vectorises it.
-CPU_SCALAR = dict(fastmath=set(FASTMATH), inline="always", cache=True)
+CPU_SCALAR = dict(inline="always", cache=True)
 
 #: Options of the serial chunk kernels: release the GIL so callers may use Python threads.
-CPU_KERNEL = dict(fastmath=set(FASTMATH), nogil=True, cache=True, boundscheck=None)
+CPU_KERNEL = dict(nogil=True, cache=True)
 
 #: Options of the parallel drivers (prange over fixed chunks).
-CPU_PARALLEL = dict(fastmath=set(FASTMATH), nogil=True, cache=True, parallel=True)
+CPU_PARALLEL = dict(nogil=True, cache=True, parallel=True)
 
 #: Elements per chunk of a reduction. The partitioning depends on this number alone, never on
 #: the thread count, so a reduction gives bitwise identical results whatever NUMBA_NUM_THREADS
@@ -32,3 +36,47 @@ def cache_dir():
         return env
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "fastloss")
+
+
+# -- CUDA (fastloss._cuda, kernels/cuda_*.py) -----------------------------------------------------
+# Read when a kernel module is generated or a call is launched, never at import: numba-cuda is
+# imported only when the first device array arrives. Block size, shuffle use and the jit options
+# are written into each generated module's text, so changing them builds separate kernels (and
+# a separate disk cache) rather than reusing stale ones.
+
+#: Threads per block of every CUDA kernel: a power of two from 32 to 1024.
+CUDA_BLOCK = 256
+
+#: Elements per thread an elementwise launch aims for before it adds blocks; up to
+#: CUDA_MAX_BLOCKS blocks, beyond which threads loop (grid-stride). The partition of a reduction
+#: depends on n and these numbers only, so every result is bitwise identical run to run.
+CUDA_ITEMS_PER_THREAD = 4
+
+#: Most blocks of one launch (one wave on an H100: 132 SMs x 8 blocks of 256 threads). Also the
+#: most partial sums the finishing block adds up.
+CUDA_MAX_BLOCKS = 1024
+
+#: Row losses (cross_entropy, multi_margin): one thread per row up to this many classes, a warp
+#: per row above it, ...
+CUDA_ROW_THREAD_MAX_C = 32
+
+#: ... and a whole block per row (online softmax over the row, block reductions) from this
+#: many classes on.
+CUDA_ROW_BLOCK_MIN_C = 1024
+
+#: Check class labels on the device (one 8-byte read after the launch, which waits for the
+#: caller's stream). False skips the read: rows with bad labels then give NaN silently.
+CUDA_CHECK_LABELS = True
+
+#: Use warp shuffles in block reductions (real GPUs). The CUDA simulator has none, so it always
+#: uses the shared-memory tree; setting False makes a real GPU run the simulator's path too.
+CUDA_WARP_SHUFFLE = True
+
+#: Launch compiled kernels directly (cuda.core launch with pre-marshalled arguments) instead of
+#: through the Numba dispatcher (which types and wraps every argument on every call).
+CUDA_FAST_LAUNCH = True
+
+#: Options of the scalar loss functions (device functions) and of the kernels. No fastmath:
+#: NaN and Inf must propagate as on the CPU. (The simulator ignores what it does not know.)
+CUDA_SCALAR = dict(device=True, forceinline=True)
+CUDA_KERNEL = dict()

@@ -172,15 +172,27 @@ class ElementwiseLoss(Loss):
                                               self.kernel_options(), self.target_flags)
         return self._cpu
 
+    def cuda_kernels(self, array_params=(), ct="float64"):
+        """The generated CUDA kernel module for the options given as arrays (``array_params``)
+        and compute dtype ``ct`` (built on first use, one per combination; see kernels/cuda_elementwise.py)."""
+        from .kernels import cuda_helpers
+        key = (tuple(array_params), ct, _config.CUDA_BLOCK, cuda_helpers.use_shuffles())
+        mods = self.__dict__.setdefault("_cuda", {})
+        mod = mods.get(key)
+        if mod is None:
+            from .kernels import cuda_elementwise
+            mod = mods[key] = cuda_elementwise.build(self.name, self.value_fn, self.deriv_fn, self.kernel_options(),
+                                                     self.target_flags, array_params, ct)
+        return mod
+
     def kernel_options(self):
         return [o.name for o in self.options if not o.host]
 
     # -- hooks for losses whose weights are not elementwise (kl_div) --------------------------
     def _weights(self, w, shape, cdt, opts):
         """(per-element weights or None, Σ w that "mean" divides by)."""
-        n = int(np.prod(shape))
         if w is None:
-            return None, float(n)
+            return None, float(math.prod(shape))
         if w.shape != tuple(shape):
             raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected pred's shape {tuple(shape)}")
         w = _arrays.as_real(w, "sample_weight", cdt).reshape(-1)
@@ -195,7 +207,7 @@ class ElementwiseLoss(Loss):
         if self.validate is not None:
             self.validate(opts)
         shape = p.shape
-        pf = np.ascontiguousarray(p, dtype=cdt).reshape(-1)
+        pf = _arrays.contiguous(p, cdt).reshape(-1)
         tf = _arrays.as_real(t, "target", cdt).reshape(-1)
         wf, wsum = self._weights(w, shape, cdt, opts)
         wsum = self._denominator(reduction, wsum, shape, opts)
@@ -209,12 +221,15 @@ class ElementwiseLoss(Loss):
                     v = np.broadcast_to(v, shape)
                 except ValueError:
                     raise ValueError(f"{self.name}: {o.name} of shape {v.shape} does not broadcast to pred's shape {shape}") from None
-                v = np.ascontiguousarray(v, dtype=cdt).reshape(-1)
+                v = _arrays.contiguous(v, cdt).reshape(-1)
             params.append(v)
 
         n = pf.size
         vals = np.empty(n, dtype=cdt) if reduction == "none" and op != GRAD else None
-        grad = _arrays.kernel_buffer(out_np, n, cdt) if op != VALUE else None
+        # A loss that checks its targets inside the kernel must not write into the caller's
+        # buffer before the check has passed: it gets a buffer of its own, copied on success.
+        direct_out = out_np if self.target_flags is None else None
+        grad = _arrays.kernel_buffer(direct_out, n, cdt) if op != VALUE else None
         scale = _grad_scale(wsum, reduction)
         k = self.cpu_kernels()
         nchunks = -(-n // _config.CHUNK)

@@ -184,16 +184,15 @@ def load_module(kind, header, body, injected=None):
     text += header + "\n\n" + body + "\n"
     digest = hashlib.sha256((_FORMAT + text).encode()).hexdigest()[:20]
     fname = f"{kind}_{digest}"
+    if injected:
+        # The text of an in-memory module does not say what was injected (two lambdas give the
+        # same text), so it is never shared: each loss object keeps its own.
+        return _exec_in_memory(fname, text, injected)
     with _lock:
         mod = _loaded.get(fname)
-        if mod is not None:
-            return mod
-        if injected:
-            mod = _exec_in_memory(fname, text, injected)
-        else:
+        if mod is None:
             path = _write_once(fname + ".py", text)
-            mod = _import_path(fname, path)
-        _loaded[fname] = mod
+            mod = _loaded[fname] = _import_path(fname, path)
         return mod
 
 
@@ -223,7 +222,7 @@ def _import_path(name, path):
 
 
 def _exec_in_memory(name, text, injected):
-    modname = f"fastloss._generated.{name}"
+    modname = f"fastloss._generated.{name}_{id(injected):x}"
     mod = types.ModuleType(modname)
     mod.__dict__.update(injected)
     # Without a source file Numba cannot cache: templates read this flag into their options.

@@ -10,8 +10,12 @@ range of elements, and three parallel *drivers*, which split the input into fixe
 
 ``weight``, ``vals`` are ``None`` or arrays: Numba compiles a specialisation per combination and
 prunes the ``is None`` branches at compile time, so the unweighted loop never touches a weight.
-Sums accumulate in float64 whatever the data's dtype. The partition into chunks depends only on
-the input size, so the result is the same bitwise for any thread count, serial or parallel.
+Sums accumulate in float64 whatever the data's dtype, element i of a chunk into lane i % LANES
+(``_config.LANES``), and the lanes are added in a fixed order at the end: the summation order is
+written in the source, not chosen by the compiler, so no 'reassoc' flag is needed to vectorise
+the loop, and the value is bitwise the same whether it comes from ``value_chunk`` or
+``both_chunk``, on any CPU. The partition into chunks depends only on the input size, so the
+result is also the same for any thread count, serial or parallel.
 
 Options (``delta``, ``q``, ...) are passed as arguments, scalars or per-element arrays
 (``param_at`` reads either), so one compiled kernel serves every option value.
@@ -22,8 +26,8 @@ _HEADER = """\
 import math
 import numpy as np
 from numba import njit, prange
-from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL
-from fastloss.kernels.cpu_helpers import param_at
+from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES
+from fastloss.kernels.cpu_helpers import lane_sum, param_at
 {imports}
 
 CACHE = True
@@ -39,18 +43,20 @@ _BODY = """\
 
 @KERNEL_JIT
 def value_chunk(pred, target, weight, vals, {P}start, stop):
-    acc = 0.0
+    acc = np.zeros(LANES)
     flags = 0
-    for i in range(start, stop):
-        t = target[i]
-        l = {value}(pred[i], t, {PI})
-        if weight is not None:
-            l = l * weight[i]
-        if vals is not None:
-            vals[i] = l
-        acc += l
-        {FLAGS}
-    return acc, flags
+    for i0 in range(start, stop, LANES):
+        for j in range(min(LANES, stop - i0)):
+            i = i0 + j
+            t = target[i]
+            l = {value}(pred[i], t, {PI})
+            if weight is not None:
+                l = l * weight[i]
+            if vals is not None:
+                vals[i] = l
+            acc[j] += l
+            {FLAGS}
+    return lane_sum(acc), flags
 
 
 @KERNEL_JIT
@@ -68,22 +74,24 @@ def grad_chunk(pred, target, weight, grad, scale, {P}start, stop):
 
 @KERNEL_JIT
 def both_chunk(pred, target, weight, vals, grad, scale, {P}start, stop):
-    acc = 0.0
+    acc = np.zeros(LANES)
     flags = 0
-    for i in range(start, stop):
-        p = pred[i]
-        t = target[i]
-        l = {value}(p, t, {PI})
-        g = {deriv}(p, t, {PI}) * scale
-        if weight is not None:
-            l = l * weight[i]
-            g = g * weight[i]
-        if vals is not None:
-            vals[i] = l
-        grad[i] = g
-        acc += l
-        {FLAGS}
-    return acc, flags
+    for i0 in range(start, stop, LANES):
+        for j in range(min(LANES, stop - i0)):
+            i = i0 + j
+            p = pred[i]
+            t = target[i]
+            l = {value}(p, t, {PI})
+            g = {deriv}(p, t, {PI}) * scale
+            if weight is not None:
+                l = l * weight[i]
+                g = g * weight[i]
+            if vals is not None:
+                vals[i] = l
+            grad[i] = g
+            acc[j] += l
+            {FLAGS}
+    return lane_sum(acc), flags
 
 
 @PARALLEL_JIT

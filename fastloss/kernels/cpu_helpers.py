@@ -1,6 +1,8 @@
 """Small jit helpers that generated CPU kernels import (never copy)."""
-from numba import types
+from numba import njit, types
 from numba.extending import overload
+
+from .._config import CPU_SCALAR
 
 
 def param_at(value, i):
@@ -13,3 +15,12 @@ def _param_at(value, i):
     if isinstance(value, types.Array):
         return lambda value, i: value[i]
     return lambda value, i: value
+
+
+@njit(**CPU_SCALAR)
+def lane_sum(acc):
+    """Σ of the lane accumulators, in a fixed order (part of the result's definition)."""
+    s = 0.0
+    for j in range(acc.size):
+        s += acc[j]
+    return s

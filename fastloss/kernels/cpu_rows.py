@@ -14,24 +14,37 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .._config import CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR
+from .._config import CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR, LANES
+from .cpu_helpers import lane_sum
+
+# Reductions over a row use LANES explicit accumulators (see _config): vectorised without
+# 'reassoc', and the same rounding in every kernel that computes the same value.
 
 
 @njit(**CPU_SCALAR)
-def _row_max(row):
+def _row_max(row, lanes):
+    """max of a row (NaN entries are skipped here and propagate through the sum of exps)."""
+    lanes[:] = -np.inf
+    C = row.size
+    for c0 in range(0, C, LANES):
+        for j in range(min(LANES, C - c0)):
+            v = row[c0 + j]
+            lanes[j] = v if v > lanes[j] else lanes[j]
     m = -np.inf
-    for c in range(row.size):
-        v = row[c]
-        m = v if v > m else m
+    for j in range(LANES):
+        m = lanes[j] if lanes[j] > m else m
     return m
 
 
 @njit(**CPU_SCALAR)
-def _sum_exp(row, m):
-    s = 0.0
-    for c in range(row.size):
-        s += math.exp(row[c] - m)
-    return s
+def _sum_exp(row, m, lanes):
+    """Σ_c exp(row[c] − m), in float64."""
+    lanes[:] = 0.0
+    C = row.size
+    for c0 in range(0, C, LANES):
+        for j in range(min(LANES, C - c0)):
+            lanes[j] += math.exp(row[c0 + j] - m)
+    return lane_sum(lanes)
 
 
 @njit(**CPU_KERNEL)
@@ -45,6 +58,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
     """
     C = logits.shape[1]
     total = 0.0
+    lanes = np.empty(LANES)
     for r in range(r0, r1):
         y = labels[r]
         if y == ignore_index:
@@ -55,17 +69,19 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
                     grad[r, c] = 0.0
             continue
         row = logits[r]
-        m = _row_max(row)
-        s = _sum_exp(row, m)
+        m = _row_max(row, lanes)
+        s = _sum_exp(row, m, lanes)
         lse = m + math.log(s)
         wy = 1.0 if class_weight is None else class_weight[y]
         l = (1.0 - smoothing) * wy * (lse - row[y])
         if smoothing != 0.0:
-            acc = 0.0
-            for c in range(C):
-                wc = 1.0 if class_weight is None else class_weight[c]
-                acc += wc * (lse - row[c])
-            l += smoothing / C * acc
+            lanes[:] = 0.0
+            for c0 in range(0, C, LANES):
+                for j in range(min(LANES, C - c0)):
+                    c = c0 + j
+                    wc = 1.0 if class_weight is None else class_weight[c]
+                    lanes[j] += wc * (lse - row[c])
+            l += smoothing / C * lane_sum(lanes)
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
@@ -92,20 +108,26 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
     """
     C = logits.shape[1]
     total = 0.0
+    lanes = np.empty(LANES)
+    lanes_w = np.empty(LANES)
     for r in range(r0, r1):
         row = logits[r]
         trow = probs[r]
-        m = _row_max(row)
-        s = _sum_exp(row, m)
+        m = _row_max(row, lanes)
+        s = _sum_exp(row, m, lanes)
         lse = m + math.log(s)
-        l = 0.0
-        wt = 0.0
-        for c in range(C):
-            wc = 1.0 if class_weight is None else class_weight[c]
-            tc = (1.0 - smoothing) * trow[c] + smoothing / C
-            term = wc * tc * (lse - row[c])
-            l += term if tc != 0.0 else 0.0
-            wt += wc * tc
+        lanes[:] = 0.0
+        lanes_w[:] = 0.0
+        for c0 in range(0, C, LANES):
+            for j in range(min(LANES, C - c0)):
+                c = c0 + j
+                wc = 1.0 if class_weight is None else class_weight[c]
+                tc = (1.0 - smoothing) * trow[c] + smoothing / C
+                term = wc * tc * (lse - row[c])
+                lanes[j] += term if tc != 0.0 else 0.0
+                lanes_w[j] += wc * tc
+        l = lane_sum(lanes)
+        wt = lane_sum(lanes_w)
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
@@ -129,6 +151,7 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
     """
     C = scores.shape[1]
     total = 0.0
+    lanes = np.empty(LANES)
     for r in range(r0, r1):
         y = labels[r]
         row = scores[r]
@@ -136,21 +159,24 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
         wy = 1.0 if class_weight is None else class_weight[y]
         sw = 1.0 if row_weight is None else row_weight[r]
         f = wy / C
-        l = 0.0
-        gy = 0.0
-        gs = f * sw * scale
-        for c in range(C):
-            z = margin - xy + row[c]
-            hit = (z > 0.0) and (c != y)
-            h = (z if power == 1 else z * z) if hit else 0.0
-            l += h
-            if grad is not None:
+        lanes[:] = 0.0
+        for c0 in range(0, C, LANES):
+            for j in range(min(LANES, C - c0)):
+                c = c0 + j
+                z = margin - xy + row[c]
+                hit = (z > 0.0) and (c != y)
+                lanes[j] += ((z if power == 1 else z * z) if hit else 0.0)
+        if grad is not None:
+            gs = f * sw * scale
+            gy = 0.0
+            for c in range(C):
+                z = margin - xy + row[c]
+                hit = (z > 0.0) and (c != y)
                 g = (1.0 if power == 1 else 2.0 * z) * gs if hit else 0.0
                 grad[r, c] = g
                 gy -= g
-        if grad is not None:
             grad[r, y] = gy
-        l = l * f * sw
+        l = lane_sum(lanes) * f * sw
         total += l
         if vals is not None:
             vals[r] = l

@@ -8,15 +8,27 @@ import math
 from .._loss import Option, elementwise_loss
 
 
-def softplus_neg(x):
-    """log(1 + e^(−x)) without overflow: max(−x, 0) + log1p(e^(−|x|))."""
-    return (-x if x < 0.0 else 0.0 * x) + math.log1p(math.exp(-abs(x)))
+def log1p_exp_neg_abs(x):
+    """log(1 + e^(−|x|)): the part softplus(x) and softplus(−x) share."""
+    return math.log1p(math.exp(-abs(x)))
 
 
 def sigmoid(x):
     """1 / (1 + e^(−x)) from e^(−|x|), which never overflows."""
     e = math.exp(-abs(x))
     return 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+
+
+def bce_logits(x, t, pos_weight):
+    """w·t·softplus(−x) + (1 − t)·softplus(x): two non-negative terms, so no cancellation (the
+    textbook (1 − t)x + softplus(−x) loses everything at x = −40, t = 0). A term whose weight is
+    exactly zero is skipped, so an infinite logit with a matching label costs 0, not 0·∞ = NaN."""
+    e = log1p_exp_neg_abs(x)
+    pos = (x if x > 0.0 else 0.0) + e  # softplus(x)
+    neg = (-x if x < 0.0 else 0.0) + e  # softplus(−x)
+    a = (1.0 - t) * pos if t != 1.0 else 0.0
+    b = pos_weight * t * neg if t != 0.0 else 0.0
+    return a + b
 
 
 # -- bce ------------------------------------------------------------------------------------------
@@ -53,20 +65,21 @@ Reference: torch.nn.functional.binary_cross_entropy.
 
 # -- bce_with_logits ------------------------------------------------------------------------------
 def bce_logits_value(x, t, pos_weight):
-    # (1 − t) x + (1 + (w − 1) t) log(1 + e^(−x)), in the stable form.
-    return (1.0 - t) * x + (1.0 + (pos_weight - 1.0) * t) * softplus_neg(x)
+    return bce_logits(x, t, pos_weight)
 
 
 def bce_logits_deriv(x, t, pos_weight):
-    return (1.0 - t) - (1.0 + (pos_weight - 1.0) * t) * sigmoid(-x)
+    # (1 − t) σ(x) − w t σ(−x)   (= σ(x) − t when w = 1)
+    return (1.0 - t) * sigmoid(x) - pos_weight * t * sigmoid(-x)
 
 
 bce_with_logits = elementwise_loss(bce_logits_value, bce_logits_deriv, name="bce_with_logits", params={
     "pos_weight": Option("pos_weight", None, lambda v: v == v, "a number", array=True, none_as=1.0)},
     doc=r"""Binary cross-entropy on logits (sigmoid folded in, numerically stable).
 
-    l = (1 − t) x + (1 + (w − 1) t) log(1 + e^(−x)),   w = pos_weight
-    dl/dx = (1 − t) − (1 + (w − 1) t) σ(−x)            (= σ(x) − t when w = 1)
+    l = w t softplus(−x) + (1 − t) softplus(x),   w = pos_weight
+      (= −[w t log σ(x) + (1 − t) log(1 − σ(x))], PyTorch's definition)
+    dl/dx = (1 − t) σ(x) − w t σ(−x)               (= σ(x) − t when w = 1)
 
 pred: logits; target: probabilities in [0, 1], same shape. ``pos_weight``: None (1), a number,
 or an array broadcastable to pred's shape (e.g. one weight per class of the last axis).
@@ -152,7 +165,7 @@ squared_hinge.target_flags, squared_hinge.flags_error = hinge_target_flags, hing
 def focal_value(x, t, alpha, gamma):
     # torchvision: ce · (1 − p_t)^γ · α_t, with 1 − p_t = σ(x)(1 − t) + σ(−x) t computed from
     # both sigmoids so that it keeps its precision when it is small.
-    ce = (1.0 - t) * x + softplus_neg(x)
+    ce = bce_logits(x, t, 1.0)
     u = sigmoid(x) * (1.0 - t) + sigmoid(-x) * t
     l = ce * (u ** gamma)
     if alpha >= 0.0:
@@ -163,12 +176,15 @@ def focal_value(x, t, alpha, gamma):
 def focal_deriv(x, t, alpha, gamma):
     p = sigmoid(x)
     q = sigmoid(-x)
-    ce = (1.0 - t) * x + softplus_neg(x)
+    ce = bce_logits(x, t, 1.0)
     u = p * (1.0 - t) + q * t
     g = (p - t) * (u ** gamma)
-    if gamma != 0.0 and u > 0.0:
-        # d u / dx = p q (1 − 2t); the guard keeps 0 · ∞ out where u = 0.
-        g = g + ce * gamma * (u ** (gamma - 1.0)) * p * q * (1.0 - 2.0 * t)
+    pq = p * q
+    if gamma != 0.0 and u > 0.0 and pq != 0.0:
+        # d u / dx = p q (1 − 2t). The guards keep 0·∞ out where u = 0 (where u^(γ−1) may be
+        # infinite) and where p q = 0 at an infinite logit (where ce may be infinite); the term's
+        # limit there is 0.
+        g = g + ce * gamma * (u ** (gamma - 1.0)) * pq * (1.0 - 2.0 * t)
     if alpha >= 0.0:
         g = g * (alpha * t + (1.0 - alpha) * (1.0 - t))
     return g

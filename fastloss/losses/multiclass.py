@@ -28,7 +28,7 @@ class _RowLoss(Loss):
     def _as_rows(self, arr, axis, cdt):
         moved = np.moveaxis(arr, axis, -1)
         C = moved.shape[-1]
-        return np.ascontiguousarray(moved, dtype=cdt).reshape(-1, C), moved.shape
+        return _arrays.contiguous(moved, cdt).reshape(-1, C), moved.shape
 
     def _row_weight(self, w, lead):
         if w is None:
@@ -87,7 +87,7 @@ class _RowLoss(Loss):
                     out_np[...] = g
                 g = out_np
             else:
-                g = np.ascontiguousarray(g, dtype=rdt)
+                g = _arrays.contiguous(g, rdt)
         return value, g
 
 
@@ -150,7 +150,7 @@ class CrossEntropy(_RowLoss):
 
 class MultiMargin(_RowLoss):
     options = (
-        Option("p", 1, lambda v: v in (1, 2), "1 or 2", kind=int, host=True),
+        Option("p", 1, lambda v: v in (1, 2), "1 or 2", host=True),
         Option("margin", 1.0, host=True),
         Option("class_weight", None, kind=object, host=True),
         _axis,
@@ -169,7 +169,7 @@ class MultiMargin(_RowLoss):
         grad = _grad_buffer(op, out_np, axis, p.ndim, R, C, cdt)
         wsum = float(R) if sw is None else float(sw.sum())
         scale = _grad_scale(wsum, reduction)
-        head = (x, labels, cw, sw, opts["p"], opts["margin"])
+        head = (x, labels, cw, sw, int(opts["p"]), opts["margin"])
         total = self._launch(cpu_rows.multi_margin_rows, cpu_rows.multi_margin_par, head, vals, grad, scale, R, C)
         return self._finish(op, reduction, total, wsum, vals, grad, lead, moved_shape, axis, p.ndim, out_np, rdt)
 
@@ -202,7 +202,7 @@ class KLDiv(ElementwiseLoss):
             raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected pred's leading shape {lead} "
                              "(one weight per row)")
         wr = _arrays.as_real(w, "sample_weight", cdt)
-        full = np.ascontiguousarray(np.broadcast_to(np.expand_dims(wr, axis), shape)).reshape(-1)
+        full = _arrays.contiguous(np.broadcast_to(np.expand_dims(wr, axis), shape)).reshape(-1)
         return full, float(wr.sum(dtype=np.float64)) * shape[axis]
 
     def _denominator(self, reduction, wsum, shape, opts):

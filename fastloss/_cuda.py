@@ -1,0 +1,1006 @@
+"""The CUDA backend: every loss on arrays that live on an NVIDIA GPU.
+
+``Loss._run`` sends here any call where an argument has ``__cuda_array_interface__`` (Numba device
+arrays, CuPy arrays, PyTorch CUDA tensors; and the CUDA simulator's arrays). This module is
+imported on that first call only, and imports numba-cuda then; ``import fastloss`` never does.
+
+What a call does, in order:
+
+1. Placement: every array argument must be on the GPU (TypeError naming the one that is not),
+   and on the same GPU. Checked before numba-cuda is imported.
+2. Describe each array as a ``_Buf``: device pointer, shape, dtype, element strides, read
+   cheaply from the array's own attributes (torch, CuPy) or its CUDA array interface.
+3. Allocate results and scratch in the caller's family (``torch.empty``, ``cupy.empty``, Numba
+   device arrays), on pred's device: torch in, torch out; CuPy in, CuPy out; anything else in,
+   Numba device array out. A reduced value is a 0-d array of pred's dtype, written by the last
+   kernel: no copy to the host, no synchronisation.
+4. Launch the kernels on the caller's stream: ``stream=`` if given (an int handle, a Numba,
+   CuPy, PyTorch or cuda.core stream), else torch's or CuPy's current stream for their arrays,
+   else the default stream.
+
+Launching: on a real GPU each kernel is compiled once per argument types (Numba's dispatcher,
+with its disk cache) and then launched directly with cuda.core from pre-marshalled arguments
+(``_config.CUDA_FAST_LAUNCH``), skipping the dispatcher's per-call typing and wrapping of every
+argument. Under the simulator kernels are called through the dispatcher.
+
+Host reads (each waits for the caller's stream; documented on the losses that need them):
+the hinge target flags, the class-label range check of cross_entropy / multi_margin
+(``_config.CUDA_CHECK_LABELS``), and the validity check of per-element option arrays (delta,
+q, ...). Nothing else reads from the device.
+"""
+import ctypes
+import math
+import sys
+
+import numpy as np
+
+from . import _arrays, _config
+from ._loss import GRAD, VALUE, ElementwiseLoss
+
+cuda = None  # numba.cuda, once initialised
+SIM = False
+_NGPUS = 1
+_FakeCUDAArray = None
+
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
+
+TORCH, CUPY, NUMBA, SIMF = "torch", "cupy", "numba", "sim"
+
+
+# -- initialisation -------------------------------------------------------------------------------
+def _init():
+    """Import numba-cuda and check that it can reach a GPU (or is the simulator)."""
+    global cuda, SIM, _NGPUS, _FakeCUDAArray
+    try:
+        from numba import config
+        from numba import cuda as nbcuda
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise RuntimeError("fastloss: got a CUDA array, but numba-cuda is not installed; "
+                           "install it with: pip install 'fastloss[cuda]'") from exc
+    sim = bool(config.ENABLE_CUDASIM)
+    if not sim:
+        try:
+            ok = nbcuda.is_available()
+        except Exception:  # pragma: no cover
+            ok = False
+        if not ok:  # pragma: no cover - needs a machine without a driver
+            raise RuntimeError(
+                "fastloss: got a CUDA array, but numba-cuda finds no usable CUDA driver or GPU on this "
+                "machine (check nvidia-smi and the driver; numba.cuda.detect() tells more). "
+                "To run the CUDA kernels on the CPU for testing, set NUMBA_ENABLE_CUDASIM=1.")
+        _NGPUS = len(nbcuda.gpus)
+    else:
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        _FakeCUDAArray = FakeCUDAArray
+        _NGPUS = 1
+    SIM = sim
+    cuda = nbcuda
+
+
+# -- placement: which argument lives where (no CUDA import needed) --------------------------------
+def _where(x):
+    t = type(x)
+    kind = f"{t.__module__.split('.')[0]}.{t.__name__}" if t.__module__ != "builtins" else t.__name__
+    dev = getattr(x, "device", None)
+    if dev is not None and not isinstance(dev, (int, str)) and _arrays.on_device(x):
+        return f"{kind} on {dev}"
+    return kind
+
+
+def _is_scalar(v):
+    return v is None or isinstance(v, (bool, int, float, str, np.generic))
+
+
+def _check_placement(loss, pred, target, sample_weight, opts, out):
+    named = [("pred", pred), ("target", target), ("sample_weight", sample_weight), ("out", out)]
+    named += [(o.name, opts.get(o.name)) for o in loss.options if not _is_scalar(opts.get(o.name))]
+    on_dev = [(n, x) for n, x in named if x is not None and _arrays.on_device(x)]
+    host = [(n, x) for n, x in named if x is not None and not _arrays.on_device(x)]
+    if host:
+        dn, dx = next(((n, x) for n, x in on_dev if n == "pred"), on_dev[0])
+        hn, hx = host[0]
+        raise TypeError(f"{loss.name}: {dn} is a CUDA array ({_where(dx)}) but {hn} is on the host "
+                        f"({_where(hx)}); pass every array on the same device")
+
+
+# -- device buffers -------------------------------------------------------------------------------
+def _c_strides(shape):
+    st, acc = [], 1
+    for s in reversed(shape):
+        st.append(acc)
+        acc *= s
+    return tuple(reversed(st))
+
+
+def _is_c(shape, strides):
+    acc = 1
+    for s, st in zip(reversed(shape), reversed(strides)):
+        if s != 1 and st != acc:
+            return False
+        acc *= s
+    return True
+
+
+def _prod(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class _Buf:
+    """A device array as the kernels see it.
+
+    ``ptr`` device address (real GPU); ``nd`` the NumPy array behind it (simulator only);
+    ``strides`` element strides, or None when C-contiguous; ``owner`` the user-facing object
+    (kept alive, and returned as a result when it is one); ``fam``/``dev`` its family and GPU.
+    """
+
+    __slots__ = ("ptr", "shape", "dtype", "strides", "owner", "nd", "fam", "dev", "ro")
+
+    def __init__(self, ptr, shape, dtype, strides, owner, nd, fam, dev, ro=False):
+        self.ptr, self.shape, self.dtype, self.strides = ptr, shape, dtype, strides
+        self.owner, self.nd, self.fam, self.dev, self.ro = owner, nd, fam, dev, ro
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return _prod(self.shape)
+
+    def view(self, shape):
+        """The same (C-contiguous) memory with another shape."""
+        nd = self.nd.reshape(shape) if self.nd is not None else None
+        return _Buf(self.ptr, shape, self.dtype, None, self.owner, nd, self.fam, self.dev, self.ro)
+
+    @property
+    def flat(self):
+        return self.view((self.size,))
+
+    def carve(self, off, count, dtype):
+        """``count`` items of ``dtype`` at item ``off`` of this float64 scratch buffer."""
+        nd = None
+        if self.nd is not None:
+            nd = self.nd[off:off + count].view(dtype)
+        return _Buf(self.ptr + off * 8, (count,), dtype, None, self.owner, nd, self.fam, self.dev)
+
+    def sim(self):
+        return _FakeCUDAArray(self.nd)
+
+    def numba(self):
+        """A Numba device array over this buffer (dispatcher launches, host reads)."""
+        if self.size == 0:
+            return cuda.device_array(self.shape, self.dtype)
+        return cuda.as_cuda_array(_CAIView(self))
+
+
+class _CAIView:
+    def __init__(self, b):
+        self.__cuda_array_interface__ = {"shape": tuple(b.shape), "typestr": b.dtype.str, "strides": None,
+                                         "data": (b.ptr, False), "version": 3, "stream": None}
+
+
+_EMPTY = {}
+
+
+def _empty(dtype):
+    """A size-0 array: how kernels are told that an optional array is absent."""
+    b = _EMPTY.get(dtype)
+    if b is None:
+        b = _EMPTY[dtype] = _Buf(0, (0,), dtype, None, None, np.empty(0, dtype) if SIM else None, None, None)
+    return b
+
+
+_FAMILY = {}
+
+
+def _family(x):
+    t = type(x)
+    fam = _FAMILY.get(t)
+    if fam is None:
+        mod = t.__module__ or ""
+        if mod.startswith("torch"):
+            fam = TORCH
+        elif mod.startswith("cupy"):
+            fam = CUPY
+        elif _FakeCUDAArray is not None and isinstance(x, _FakeCUDAArray):
+            fam = SIMF
+        else:
+            fam = NUMBA
+        _FAMILY[t] = fam
+    return fam
+
+
+_TORCH_NP = None
+_NP_TORCH = None
+
+
+def _torch_maps():
+    global _TORCH_NP, _NP_TORCH
+    torch = sys.modules["torch"]
+    pairs = [(torch.float16, np.float16), (torch.float32, np.float32), (torch.float64, np.float64),
+             (torch.int8, np.int8), (torch.int16, np.int16), (torch.int32, np.int32), (torch.int64, np.int64),
+             (torch.uint8, np.uint8), (torch.bool, np.bool_)]
+    for extra in ("uint16", "uint32", "uint64"):
+        if hasattr(torch, extra):
+            pairs.append((getattr(torch, extra), getattr(np, extra)))
+    _TORCH_NP = {t: np.dtype(n) for t, n in pairs}
+    _NP_TORCH = {np.dtype(n): t for t, n in pairs}
+
+
+def _describe(x, name):
+    fam = _family(x)
+    if fam is TORCH:
+        if _TORCH_NP is None:
+            _torch_maps()
+        dt = _TORCH_NP.get(x.dtype)
+        if dt is None:
+            if x.dtype == sys.modules["torch"].bfloat16:
+                x = x.float()  # as the CPU path: bfloat16 is read as float32
+                dt = _F32
+            else:
+                raise TypeError(f"{name} has dtype {x.dtype}, which fastloss does not support")
+        if x.is_neg():
+            x = x.resolve_neg()
+        strides = None if x.is_contiguous() else tuple(x.stride())
+        return _Buf(x.data_ptr(), tuple(x.shape), dt, strides, x, None, TORCH, x.device.index)
+    if fam is CUPY:
+        dt = x.dtype
+        strides = None if x.flags.c_contiguous else tuple(s // dt.itemsize for s in x.strides)
+        return _Buf(x.data.ptr, tuple(x.shape), dt, strides, x, None, CUPY, x.device.id)
+    if fam is SIMF:
+        a = x._ary
+        strides = None if a.flags.c_contiguous else tuple(s // a.itemsize for s in a.strides)
+        return _Buf(0, tuple(a.shape), a.dtype, strides, x, a, SIMF, 0, not a.flags.writeable)
+    try:
+        cai = x.__cuda_array_interface__
+    except Exception as exc:
+        raise TypeError(f"{name}: could not read its __cuda_array_interface__: {exc}") from None
+    if cai.get("mask") is not None:
+        raise TypeError(f"{name} is a masked CUDA array; fastloss does not support masks")
+    shape = tuple(cai["shape"])
+    dt = np.dtype(cai["typestr"])
+    if not dt.isnative:
+        raise TypeError(f"{name} has non-native byte order {dt}")
+    ptr, ro = cai["data"]
+    strides = cai.get("strides")
+    if strides is not None:
+        strides = tuple(s // dt.itemsize for s in strides)
+        if _is_c(shape, strides):
+            strides = None
+    return _Buf(ptr or 0, shape, dt, strides, x, None, NUMBA, _ptr_device(ptr), bool(ro))
+
+
+def _ptr_device(ptr):
+    """GPU ordinal of a device pointer (only asked on multi-GPU machines)."""
+    if _NGPUS <= 1 or SIM or not ptr:
+        return None
+    try:  # pragma: no cover - needs several GPUs
+        from numba.cuda.cudadrv.driver import binding
+        attr = binding.CUpointer_attribute.CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+        res = binding.cuPointerGetAttribute(attr, ptr)
+        return int(res[1]) if int(res[0]) == 0 else None
+    except Exception:  # pragma: no cover
+        return None
+
+
+# -- one call's context: family, device, stream, allocation ---------------------------------------
+_CORE_STREAMS = {}
+_NB_STREAMS = {}
+
+
+class _Call:
+    __slots__ = ("loss", "ref", "fam", "dev", "h", "record", "block")
+
+    def __init__(self, loss, ref, stream):
+        self.loss, self.ref, self.fam, self.dev = loss, ref, ref.fam, ref.dev
+        self.block = int(_config.CUDA_BLOCK)
+        self.record = None
+        self.h = 0 if SIM else _stream_handle(stream, ref)
+        if stream is not None and self.fam is TORCH and not SIM:
+            # torch's caching allocator must know our stream uses its blocks (record_stream).
+            torch = sys.modules["torch"]
+            cur = torch.cuda.current_stream(ref.owner.device).cuda_stream
+            if cur != self.h:
+                self.record = torch.cuda.ExternalStream(self.h, device=ref.owner.device)
+
+    def check(self, b, name):
+        if b.dev is not None and self.dev is not None and b.dev != self.dev:
+            raise TypeError(f"{self.loss.name}: pred is on GPU {self.dev} but {name} is on GPU {b.dev}; "
+                            "pass every array on the same device")
+
+    def describe(self, x, name):
+        b = _describe(x, name)
+        self.check(b, name)
+        return b
+
+    def alloc(self, shape, dtype):
+        fam = self.fam
+        if fam is TORCH:
+            if _NP_TORCH is None:
+                _torch_maps()
+            t = sys.modules["torch"].empty(shape, dtype=_NP_TORCH[dtype], device=self.ref.owner.device)
+            if self.record is not None:
+                t.record_stream(self.record)
+            return _Buf(t.data_ptr(), shape, dtype, None, t, None, TORCH, self.dev)
+        if fam is CUPY:
+            cupy = sys.modules["cupy"]
+            with cupy.cuda.Device(self.dev):
+                a = cupy.empty(shape, dtype)
+            return _Buf(a.data.ptr, shape, dtype, None, a, None, CUPY, self.dev)
+        a = cuda.device_array(shape, dtype)
+        if SIM:
+            return _Buf(0, shape, dtype, None, a, a._ary, SIMF, 0)
+        ptr = a.device_ctypes_pointer.value if a.size else 0
+        return _Buf(ptr or 0, shape, dtype, None, a, None, NUMBA, self.dev)
+
+    def nb_stream(self):
+        s = _NB_STREAMS.get(self.h)
+        if s is None:
+            s = _NB_STREAMS[self.h] = cuda.external_stream(self.h) if self.h else cuda.legacy_default_stream()
+        return s
+
+    def to_host(self, b):
+        """Copy a (small) device buffer to a NumPy array; waits for the stream."""
+        if SIM:
+            return np.array(b.nd)
+        b = _contig(b, self)
+        s = self.nb_stream()
+        host = b.numba().copy_to_host(stream=s)
+        s.synchronize()
+        return host
+
+
+def _stream_handle(stream, ref):
+    if stream is None:
+        if ref.fam is TORCH:
+            torch = sys.modules["torch"]
+            try:
+                return int(torch._C._cuda_getCurrentRawStream(ref.dev))
+            except Exception:  # pragma: no cover - private API moved
+                return int(torch.cuda.current_stream(ref.owner.device).cuda_stream)
+        if ref.fam is CUPY:
+            return int(sys.modules["cupy"].cuda.get_current_stream().ptr)
+        return 0
+    if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
+        return int(stream)
+    h = getattr(stream, "cuda_stream", None)  # torch
+    if h is None:
+        h = getattr(stream, "ptr", None)  # cupy
+    if h is None and hasattr(stream, "__cuda_stream__"):  # cuda.core, numba
+        try:
+            return int(stream.__cuda_stream__()[1])
+        except Exception:
+            pass
+    if h is None and hasattr(stream, "handle"):  # numba Stream
+        h = stream.handle
+        h = getattr(h, "value", h)
+        h = int(h) if h else 0
+    if h is None:
+        raise TypeError(f"stream must be a CUDA stream (int handle, or a Numba, CuPy, PyTorch or cuda.core "
+                        f"stream), got {type(stream).__name__}")
+    return int(h)
+
+
+# -- launching ------------------------------------------------------------------------------------
+_KERNELS = {}  # (id(dispatcher), argument kinds) -> [kernel, {device: cufunc}]
+_CFGS = {}
+_fast = None  # (launch, LaunchConfig factory, Stream.from_handle) once set up; False if unavailable
+
+
+def _setup_fast():
+    global _fast
+    try:
+        from cuda.core import LaunchConfig, launch
+        from numba.cuda._compat import CUDA_CORE_GE_1_0
+        from numba.cuda.cudadrv.driver import ExperimentalStream
+
+        def make_cfg(grid, block):
+            if CUDA_CORE_GE_1_0:
+                return LaunchConfig(grid=grid, block=block, shmem_size=0, is_cooperative=False)
+            return LaunchConfig(grid=grid, block=block, shmem_size=0, cooperative_launch=False)  # pragma: no cover
+
+        _fast = (launch, make_cfg, ExperimentalStream.from_handle)
+    except Exception:  # pragma: no cover - another numba-cuda / cuda.core layout
+        _fast = False
+
+
+def _nbtype(a):
+    from numba.cuda import types
+    from numba.cuda.np.numpy_support import from_dtype
+    if type(a) is _Buf:
+        return types.Array(from_dtype(a.dtype), len(a.shape), "C")
+    if type(a) is int:
+        return types.int64
+    if type(a) is float:
+        return types.float64
+    if type(a) is tuple:
+        return types.UniTuple(types.int64, len(a))
+    raise TypeError(f"unexpected kernel argument {a!r}")  # pragma: no cover
+
+
+def _launch(disp, grid, cx, args):
+    """Launch kernel ``disp`` with ``grid`` blocks of ``cx.block`` threads on the call's stream."""
+    if SIM:
+        disp[grid, cx.block](*[a.sim() if type(a) is _Buf else a for a in args])
+        return
+    if _fast is None:
+        _setup_fast()
+    if not _fast or not _config.CUDA_FAST_LAUNCH:
+        disp[grid, cx.block, cx.nb_stream()](*[a.numba() if type(a) is _Buf else a for a in args])
+        return
+    key = [id(disp)]
+    kargs = []
+    for a in args:
+        ta = type(a)
+        if ta is _Buf:
+            shp = a.shape
+            isz = a.dtype.itemsize
+            key.append(a.dtype)
+            if len(shp) == 1:
+                kargs += (0, 0, shp[0], isz, a.ptr, shp[0], isz)
+                key.append(1)
+            else:
+                r, c = shp
+                kargs += (0, 0, r * c, isz, a.ptr, r, c, c * isz, isz)
+                key.append(2)
+        elif ta is int:
+            key.append("i")
+            kargs.append(ctypes.c_int64(a))
+        elif ta is float:
+            key.append("f")
+            kargs.append(ctypes.c_double(a))
+        else:
+            key.append(len(a))
+            kargs.extend(ctypes.c_int64(v) for v in a)
+    key = tuple(key)
+    ent = _KERNELS.get(key)
+    if ent is None:
+        kernel = disp.compile(tuple(_nbtype(a) for a in args))
+        ent = _KERNELS[key] = [kernel, {}]
+    fn = ent[1].get(cx.dev)
+    if fn is None:
+        fn = ent[1][cx.dev] = ent[0]._codelibrary.get_cufunc().kernel
+    launch, make_cfg, from_handle = _fast
+    ck = (grid, cx.block)
+    cfg = _CFGS.get(ck)
+    if cfg is None:
+        cfg = _CFGS[ck] = make_cfg(grid, cx.block)
+    st = _CORE_STREAMS.get(cx.h)
+    if st is None:
+        st = _CORE_STREAMS[cx.h] = from_handle(cx.h)
+    launch(st, cfg, fn, *kargs)
+
+
+# -- generated modules ----------------------------------------------------------------------------
+_MODS = {}
+
+
+def _cfgkey():
+    return (_config.CUDA_BLOCK, bool(_config.CUDA_WARP_SHUFFLE))
+
+
+def _common():
+    key = ("common",) + _cfgkey()
+    m = _MODS.get(key)
+    if m is None:
+        from .kernels import cuda_helpers
+        m = _MODS[key] = cuda_helpers.build_common()
+    return m
+
+
+def _elementwise_module(loss, mask, ct):
+    key = (loss, mask, ct) + _cfgkey()
+    m = _MODS.get(key)
+    if m is None:
+        m = _MODS[key] = loss.cuda_kernels(mask, ct)
+    return m
+
+
+def _rows_module(ct, group):
+    key = ("rows", ct, group) + _cfgkey()
+    m = _MODS.get(key)
+    if m is None:
+        from .kernels import cuda_rows
+        m = _MODS[key] = cuda_rows.build(ct, group)
+    return m
+
+
+# -- device-side helpers: contiguity, gathers, sums -----------------------------------------------
+def _grid(n, cx):
+    if n <= 0:
+        return 0
+    per = cx.block * int(_config.CUDA_ITEMS_PER_THREAD)
+    return max(1, min(-(-n // per), int(_config.CUDA_MAX_BLOCKS)))
+
+
+def _sim_window(a, min_off, extent):
+    """A 1-D NumPy view of ``extent`` items from the lowest-addressed element of ``a`` (+ min_off)."""
+    idx = tuple(slice(s - 1, s) if st < 0 else slice(0, 1) for s, st in zip(a.shape, a.strides))
+    start = a[idx] if a.ndim else a.reshape(1)
+    return np.lib.stride_tricks.as_strided(start, shape=(extent,), strides=(a.itemsize,))
+
+
+def _gather(base, shape, strides, flat, cx, scatter=False):
+    """flat[i] = base[element i of the view (shape, strides)], i in C order (scatter: the reverse).
+
+    ``strides`` are element strides from ``base.ptr`` (any sign, 0 for broadcast dimensions)."""
+    from .kernels.cuda_helpers import MAXDIM
+    n = _prod(shape)
+    if n == 0:
+        return
+    if len(shape) > MAXDIM:
+        raise ValueError(f"{cx.loss.name}: non-contiguous arrays of more than {MAXDIM} dimensions are not "
+                         "supported on the GPU; make them contiguous first")
+    min_off = sum((s - 1) * st for s, st in zip(shape, strides) if st < 0)
+    max_off = sum((s - 1) * st for s, st in zip(shape, strides) if st > 0)
+    extent = max_off - min_off + 1
+    nd = None
+    if SIM:
+        nd = _sim_window(base.nd, min_off, extent)
+    win = _Buf(base.ptr + min_off * base.dtype.itemsize, (extent,), base.dtype, None, base.owner, nd,
+               base.fam, base.dev)
+    pad = MAXDIM - len(shape)
+    shp = tuple(int(s) for s in shape) + (1,) * pad
+    st = tuple(int(s) for s in strides) + (0,) * pad
+    _launch(_common().gather_kernel, _grid(n, cx), cx, (win, flat, n, len(shape), shp, st, -min_off, int(scatter)))
+
+
+def _contig(b, cx):
+    """``b`` if C-contiguous, else a contiguous copy (made on the device)."""
+    if b.strides is None:
+        return b
+    dst = cx.alloc(b.shape, b.dtype)
+    _gather(b, b.shape, b.strides, dst.flat, cx)
+    return dst
+
+
+def _moved_strides(strides, axis):
+    """Element strides of a view with ``axis`` moved last."""
+    return tuple(strides[:axis]) + tuple(strides[axis + 1:]) + (strides[axis],)
+
+
+def _wsum(w, den, scratch, cx):
+    """den[0] = Σ w (float64, on the device) in a fixed order; ``scratch(k)`` gives partials."""
+    com = _common()
+    n = w.size
+    g = _grid(n, cx)
+    E, EI = _empty(_F64), _empty(_I64)
+    if g <= 1:
+        _launch(com.wsum_kernel, 1, cx, (w, n, E, EI, den, EI))
+    else:
+        parts = scratch(g)
+        _launch(com.wsum_kernel, g, cx, (w, n, parts, EI, E, EI))
+        _launch(com.finish_kernel, 1, cx, (parts, g, EI, 0, 0.0, E, 1.0, den, EI))
+
+
+class _Scratch:
+    """Carves float64 (or int64) scratch arrays out of one allocation per call."""
+
+    def __init__(self, cx, total):
+        self.buf = cx.alloc((total,), _F64) if total else None
+        self.off = 0
+
+    def __call__(self, count, dtype=_F64):
+        b = self.buf.carve(self.off, count, dtype)
+        self.off += count
+        return b
+
+
+# -- validation shared by both kinds of loss ------------------------------------------------------
+def _pred_dtype(p):
+    dt = p.dtype
+    if dt.kind != "f":
+        raise TypeError(f"pred must be a real floating-point array (float16, float32 or float64), got dtype {dt}")
+    if dt not in (_F16, _F32, _F64):
+        raise TypeError(f"pred dtype {dt} is not supported; use float16, float32 or float64")
+    return dt
+
+
+def _real(b, name):
+    if b.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {b.dtype}")
+    return b
+
+
+def _check_out(out, shape, rdt, cx):
+    o = cx.describe(out, "out")
+    if o.shape != tuple(shape):
+        raise ValueError(f"out has shape {o.shape}, expected pred's shape {tuple(shape)}")
+    if o.dtype != rdt:
+        raise TypeError(f"out has dtype {o.dtype}, expected pred's dtype {rdt}")
+    if o.ro:
+        raise ValueError("out is read-only")
+    return o
+
+
+def _bump_version(out, cx):
+    """In-place writes into a torch tensor: bump its version counter so autograd notices."""
+    if cx.fam is TORCH or _family(out) is TORCH:
+        torch = sys.modules["torch"]
+        try:
+            torch.autograd.graph.increment_version(out)
+        except Exception:  # pragma: no cover - older torch
+            pass
+
+
+def _wrap_out(o, out, cx):
+    _bump_version(out, cx)
+    return out
+
+
+# -- entry point ----------------------------------------------------------------------------------
+def run(loss, op, pred, target, sample_weight, reduction, opts, out, stream):
+    """Compute ``op`` of ``loss`` on device arrays (see the module docstring)."""
+    _check_placement(loss, pred, target, sample_weight, opts, out)
+    if cuda is None:
+        _init()
+    p = _describe(pred, "pred")
+    _pred_dtype(p)
+    cx = _Call(loss, p, stream)
+    if _NGPUS > 1 and p.dev is not None:  # pragma: no cover - needs several GPUs
+        with cuda.gpus[p.dev]:
+            return _dispatch(loss, op, cx, p, target, sample_weight, reduction, opts, out)
+    return _dispatch(loss, op, cx, p, target, sample_weight, reduction, opts, out)
+
+
+def _dispatch(loss, op, cx, p, target, sample_weight, reduction, opts, out):
+    if isinstance(loss, ElementwiseLoss):
+        return _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, out)
+    from .losses.multiclass import CrossEntropy, MultiMargin
+    if isinstance(loss, (CrossEntropy, MultiMargin)):
+        return _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out)
+    raise TypeError(f"{loss.name}: this loss has no CUDA implementation")
+
+
+# -- elementwise losses ---------------------------------------------------------------------------
+def _elementwise_weights(loss, w, shape, opts, cx):
+    """(weights, wdiv, winner, multiplier of Σw): per element, or per row for kl_div."""
+    from .losses.multiclass import KLDiv, _class_axis
+    wb = _real(cx.describe(w, "sample_weight"), "sample_weight")
+    if isinstance(loss, KLDiv):
+        if shape:
+            axis = _class_axis(loss.name, _Shape(shape), opts["axis"])
+            lead = tuple(shape[:axis] + shape[axis + 1:])
+            c, inner = shape[axis], _prod(shape[axis + 1:])
+        else:
+            lead, c, inner = (), 1, 1
+        if wb.shape != lead:
+            raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected pred's leading shape "
+                             f"{lead} (one weight per row)")
+        return _contig(wb, cx).flat, max(c * inner, 1), max(inner, 1), float(c)
+    if wb.shape != tuple(shape):
+        raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected pred's shape {tuple(shape)}")
+    return _contig(wb, cx).flat, 1, 1, 1.0
+
+
+class _Shape:
+    """Stands in for an array where only ``ndim`` is read (multiclass._class_axis)."""
+
+    def __init__(self, shape):
+        self.ndim = len(shape)
+
+
+def _option_array(loss, o, v, shape, cx):
+    """A per-element option given as a device array: checked, broadcast, contiguous, flat."""
+    b = cx.describe(v, o.name)
+    if b.dtype.kind not in "fiu":
+        raise TypeError(f"{loss.name}: {o.name} must be a real number or array, got dtype {b.dtype}")
+    shape = tuple(shape)
+    if o.check is not None:  # a host read (waits for the stream), as the CPU's check
+        h = cx.to_host(b).astype(np.float64)
+        if not np.all(o.check(h)):
+            raise ValueError(f"{loss.name}: every {o.name} must be {o.rule}")
+    if b.shape == shape:
+        return _contig(b, cx).flat
+    try:
+        ok = np.broadcast_shapes(b.shape, shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{loss.name}: {o.name} of shape {b.shape} does not broadcast to pred's shape {shape}")
+    st = b.strides if b.strides is not None else _c_strides(b.shape)
+    pad = len(shape) - len(b.shape)
+    bst = (0,) * pad + tuple(0 if b.shape[k] == 1 else st[k] for k in range(len(b.shape)))
+    dst = cx.alloc(shape, b.dtype)
+    _gather(b, shape, bst, dst.flat, cx)
+    return dst.flat
+
+
+def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, out):
+    name = loss.name
+    shape = p.shape
+    t = _real(cx.describe(target, "target"), "target")
+    if t.shape != shape:
+        raise ValueError(f"{name}: target has shape {t.shape}, expected pred's shape {shape}")
+    if loss.validate is not None:
+        loss.validate(opts)
+    n = p.size
+    rdt = p.dtype
+    ct = "float64" if rdt == _F64 else "float32"
+    pf = _contig(p, cx).flat
+    tf = _contig(t, cx).flat
+
+    E64, EI = _empty(_F64), _empty(_I64)
+    w, wdiv, winner, wmul = E64, 1, 1, 1.0
+    if sample_weight is not None:
+        w, wdiv, winner, wmul = _elementwise_weights(loss, sample_weight, shape, opts, cx)
+
+    params, mask = [], []
+    for o in loss.options:
+        if o.host:
+            continue
+        v = opts[o.name]
+        if isinstance(v, (bool, np.bool_)):
+            params.append(int(v))
+        elif isinstance(v, (int, np.integer)):
+            params.append(int(v))
+        elif isinstance(v, (float, np.floating)):
+            params.append(float(v))
+        else:
+            params.append(_option_array(loss, o, v, shape, cx))
+            mask.append(o.name)
+    mod = _elementwise_module(loss, tuple(mask), ct)
+
+    g = _grid(n, cx)
+    reduce_val = op != GRAD and reduction != "none"
+    flags_on = loss.target_flags is not None and n > 0
+    rmode = 0 if reduction in ("sum", "none") else 1
+    den_host = float(loss._denominator(reduction, float(n), shape, opts)) if rmode else float(n)
+    gscale = 1.0 if rmode == 0 else (1.0 / den_host if den_host != 0 else 0.0)
+    weighted = w.size != 0
+    need_den = rmode == 1 and weighted and n > 0
+    den_mul = float(loss._denominator(reduction, wmul, shape, opts)) if need_den else 1.0
+
+    # scratch: partials (g > 1), flags partials (g > 1) and result, Σw and its partials
+    gw = _grid(w.size, cx) if need_den else 0
+    total = ((g if g > 1 and reduce_val else 0) + (g if g > 1 and flags_on else 0) + (1 if flags_on else 0)
+             + (1 if need_den else 0) + (gw if gw > 1 else 0))
+    scratch = _Scratch(cx, total)
+    partials = scratch(g) if g > 1 and reduce_val else E64
+    fparts = scratch(g, _I64) if g > 1 and flags_on else EI
+    fres = scratch(1, _I64) if flags_on else EI
+    den = scratch(1) if need_den else E64
+
+    res = cx.alloc((), rdt) if reduce_val else None
+    res_flat = res.view((1,)) if res is not None else _empty(rdt)
+    vals = cx.alloc(shape, rdt) if op != GRAD and reduction == "none" else None
+    vals_flat = vals.flat if vals is not None else _empty(rdt)
+    grad = o_buf = None
+    if op != VALUE:
+        if out is not None:
+            o_buf = _check_out(out, shape, rdt, cx)
+            # As on the CPU, a loss that checks its targets in the kernel does not write into the
+            # caller's buffer before the check has passed: its own buffer, copied on success.
+            direct = o_buf.strides is None and not flags_on
+            grad = o_buf if direct else cx.alloc(shape, rdt)
+        else:
+            grad = cx.alloc(shape, rdt)
+
+    if n > 0:
+        if need_den:
+            _wsum(w, den, scratch, cx)
+        res_k = res_flat if g == 1 else _empty(rdt)
+        fres_k = fres if g == 1 else EI
+        if op == VALUE:
+            args = (pf, tf, w, wdiv, winner, vals_flat, *params, n, rmode, den_host, den, den_mul,
+                    partials, fparts, res_k, fres_k)
+            _launch(mod.value_kernel, g, cx, args)
+        elif op == GRAD:
+            args = (pf, tf, w, wdiv, winner, grad.flat, *params, n, rmode, gscale, den, den_mul, fparts, fres_k)
+            _launch(mod.grad_kernel, g, cx, args)
+        else:
+            args = (pf, tf, w, wdiv, winner, vals_flat, grad.flat, *params, n, rmode, gscale, den_host, den,
+                    den_mul, partials, fparts, res_k, fres_k)
+            _launch(mod.both_kernel, g, cx, args)
+        if g > 1 and (reduce_val or flags_on):
+            _launch(_common().finish_kernel, 1, cx, (partials, g, fparts, rmode, den_host, den, den_mul,
+                                                     res_flat, fres))
+    elif reduce_val:  # empty input: sum 0, mean NaN
+        _launch(_common().finish_kernel, 1, cx, (E64, 0, EI, rmode, den_host, E64, 1.0, res_flat, EI))
+
+    if flags_on and loss.flags_error is not None:
+        # The hinge target check: one 8-byte read, which waits for the stream.
+        flags = int(cx.to_host(fres)[0])
+        msg = loss.flags_error(flags) if flags else None
+        if msg:
+            raise ValueError(f"{name}: {msg}")
+
+    gres = None
+    if op != VALUE:
+        if o_buf is not None:
+            if grad is not o_buf:
+                _gather(o_buf, shape, o_buf.strides, grad.flat, cx, scatter=True)
+            gres = _wrap_out(o_buf, out, cx)
+        else:
+            gres = grad.owner
+    if op == GRAD:
+        return gres
+    value = vals.owner if vals is not None else res.owner
+    if op == VALUE:
+        return value
+    return value, gres
+
+
+# -- row losses -----------------------------------------------------------------------------------
+def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
+    from .losses.multiclass import CrossEntropy, _class_axis
+    name = loss.name
+    shape = p.shape
+    nd = len(shape)
+    axis = _class_axis(name, p, opts["axis"])
+    C = shape[axis]
+    lead = tuple(shape[:axis] + shape[axis + 1:])
+    moved = lead + (C,)
+    R = _prod(lead)
+    rdt = p.dtype
+    ct = "float64" if rdt == _F64 else "float32"
+    E64, EI = _empty(_F64), _empty(_I64)
+
+    def rows_of(b):  # (R, C) contiguous rows of an array of pred's shape
+        if axis == nd - 1 and b.strides is None:
+            return b.view((R, C))
+        st = b.strides if b.strides is not None else _c_strides(b.shape)
+        dst = cx.alloc((R, C), b.dtype)
+        _gather(b, moved, _moved_strides(st, axis), dst.flat, cx)
+        return dst
+
+    x = rows_of(p)
+    cwo = opts["class_weight"]
+    cw = E64
+    if cwo is not None:
+        cw = _real(cx.describe(cwo, "class_weight"), "class_weight")
+        if cw.shape != (C,):
+            raise ValueError(f"{name}: class_weight has shape {cw.shape}, expected ({C},) (one weight per class)")
+        cw = _contig(cw, cx).flat
+    sw = E64
+    if sample_weight is not None:
+        sw = _real(cx.describe(sample_weight, "sample_weight"), "sample_weight")
+        if sw.shape != lead:
+            raise ValueError(f"{name}: sample_weight has shape {sw.shape}, expected pred's leading shape {lead} "
+                             "(one weight per row)")
+        sw = _contig(sw, cx).flat
+
+    group = 1 if C <= _config.CUDA_ROW_THREAD_MAX_C else (32 if C < _config.CUDA_ROW_BLOCK_MIN_C else cx.block)
+    mod = _rows_module(ct, group)
+    g = min(-(-R // (cx.block // group)), int(_config.CUDA_MAX_BLOCKS)) if R else 0
+    reduce_val = op != GRAD and reduction != "none"
+    rmode = 0 if reduction in ("sum", "none") else 1
+
+    t = cx.describe(target, "target")
+    is_ce = isinstance(loss, CrossEntropy)
+    labels = probs = None
+    if not is_ce:  # multi_margin: labels only
+        if t.shape != lead:
+            raise ValueError(f"{name}: target of labels has shape {t.shape}, expected pred's leading shape {lead}")
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"target must hold integer class labels (or class probabilities of pred's shape), "
+                            f"got dtype {t.dtype} and shape {t.shape}")
+        labels = _contig(t, cx).flat
+    elif t.dtype.kind in "iu":
+        if t.shape != lead:
+            raise ValueError(f"{name}: target of labels has shape {t.shape}, expected pred's leading shape {lead}")
+        labels = _contig(t, cx).flat
+    elif t.dtype.kind in "fb":
+        if t.shape != shape:
+            if t.shape == lead:
+                raise TypeError(f"{name}: target holds {t.dtype} values of the leading shape; class labels "
+                                "must have an integer dtype (probability targets have pred's shape)")
+            raise ValueError(f"{name}: target has shape {t.shape}; expected integer labels of shape {lead} "
+                             f"or probabilities of pred's shape {shape}")
+        probs = rows_of(t)
+    else:
+        raise TypeError(f"{name}: target must be integer labels or real probabilities, got dtype {t.dtype}")
+
+    check = labels is not None and R > 0 and bool(_config.CUDA_CHECK_LABELS)
+    eps = float(opts["label_smoothing"]) if is_ce else 0.0
+    ignore = int(opts["ignore_index"]) if is_ce else 0
+    need_cwsum = is_ce and labels is not None and eps != 0.0 and cw.size != 0
+    # the denominator of "mean": labels -> Σ sw·cw[y] over kept rows (labels_kernel); else R or Σ sw
+    den_labels = rmode == 1 and R > 0 and is_ce and labels is not None
+    den_dev = den_labels or (rmode == 1 and R > 0 and sw.size != 0)
+    den_host = float(R)
+    gscale = 1.0 if rmode == 0 else (1.0 / R if R else 0.0)
+
+    gl = _grid(R, cx) if (check or den_labels) else 0
+    gsw = _grid(R, cx) if den_dev and not den_labels else 0
+    gcw = _grid(C, cx) if need_cwsum else 0
+    total = ((g if g > 1 and reduce_val else 0) + (1 if check else 0) + (gl if gl > 1 and check else 0)
+             + (1 if den_dev else 0) + (gl if gl > 1 and den_labels else 0) + (gsw if gsw > 1 else 0)
+             + (1 if need_cwsum else 0) + (gcw if gcw > 1 else 0))
+    scratch = _Scratch(cx, total)
+    partials = scratch(g) if g > 1 and reduce_val else E64
+    fres = scratch(1, _I64) if check else EI
+    den = scratch(1) if den_dev else E64
+    cwsum = scratch(1) if need_cwsum else E64
+
+    res = cx.alloc((), rdt) if reduce_val else None
+    res_flat = res.view((1,)) if res is not None else _empty(rdt)
+    vals = cx.alloc(lead, rdt) if op != GRAD and reduction == "none" else None
+    vals_flat = vals.flat if vals is not None else _empty(rdt)
+    o_buf = None
+    grad2 = _empty(rdt).view((0, 0))
+    direct = False
+    if op != VALUE:
+        if out is not None:
+            o_buf = _check_out(out, shape, rdt, cx)
+        if axis == nd - 1 and (o_buf is None or o_buf.strides is None):
+            gbuf = o_buf if o_buf is not None else cx.alloc(shape, rdt)
+            direct = True
+        else:
+            gbuf = cx.alloc((R, C), rdt)
+        grad2 = gbuf.view((R, C))
+
+    com = _common() if R > 0 or reduce_val else None
+    if gl:
+        # labels: range check (flags) and/or cross_entropy's denominator, one pass over them
+        if gl == 1:
+            _launch(com.labels_kernel, 1, cx, (labels, cw, sw, ignore, int(is_ce), C, R, E64, EI,
+                                               den if den_labels else E64, fres))
+        else:
+            lparts = scratch(gl) if den_labels else E64
+            lfparts = scratch(gl, _I64) if check else EI
+            _launch(com.labels_kernel, gl, cx, (labels, cw, sw, ignore, int(is_ce), C, R, lparts, lfparts, E64, EI))
+            _launch(com.finish_kernel, 1, cx, (lparts, gl, lfparts, 0, 0.0, E64, 1.0,
+                                               den if den_labels else E64, fres))
+        if check and out is not None:
+            # out may be the logits themselves: check before any kernel writes into it (as the CPU)
+            _check_labels(cx, fres, labels, loss, C, ignore if is_ce else None)
+            check = False
+    if R > 0:
+        if den_dev and not den_labels:
+            _wsum(sw, den, scratch, cx)
+        if need_cwsum:
+            _wsum(cw, cwsum, scratch, cx)
+        res_k = res_flat if g == 1 else _empty(rdt)
+        tail = (R, C, vals_flat, grad2, rmode, gscale, den_host, den, 1.0, partials, EI, res_k, EI)
+        if is_ce and labels is not None:
+            _launch(mod.ce_labels, g, cx, (x, labels, cw, cwsum, sw, ignore, eps) + tail)
+        elif is_ce:
+            _launch(mod.ce_probs, g, cx, (x, probs, cw, sw, eps) + tail)
+        else:
+            _launch(mod.multi_margin, g, cx, (x, labels, cw, sw, int(opts["p"]), float(opts["margin"])) + tail)
+        if g > 1 and reduce_val:
+            _launch(com.finish_kernel, 1, cx, (partials, g, EI, rmode, den_host, den, 1.0, res_flat, EI))
+    elif reduce_val:
+        _launch(com.finish_kernel, 1, cx, (E64, 0, EI, rmode, den_host, E64, 1.0, res_flat, EI))
+
+    if check:
+        _check_labels(cx, fres, labels, loss, C, ignore if is_ce else None)
+
+    gres = None
+    if op != VALUE:
+        if direct:
+            gres = _wrap_out(o_buf, out, cx) if o_buf is not None else gbuf.owner
+        else:
+            # gradient rows (moved layout) -> pred's layout: scatter into out, or a new array
+            dst = o_buf if o_buf is not None else cx.alloc(shape, rdt)
+            st = dst.strides if dst.strides is not None else _c_strides(shape)
+            _gather(dst, moved, _moved_strides(st, axis), gbuf.flat, cx, scatter=True)
+            gres = _wrap_out(o_buf, out, cx) if o_buf is not None else dst.owner
+    if op == GRAD:
+        return gres
+    value = vals.owner if vals is not None else res.owner
+    if op == VALUE:
+        return value
+    return value, gres
+
+
+def _check_labels(cx, fres, labels, loss, C, ignore_index):
+    """The label range check: one 8-byte read, which waits for the stream; on failure the labels
+    come to the host to name the first bad one, as the CPU does."""
+    if int(cx.to_host(fres)[0]):
+        _raise_bad_label(loss, cx.to_host(labels), C, ignore_index)
+
+
+def _raise_bad_label(loss, labels, C, ignore_index):
+    labels = labels.astype(np.int64, copy=False) if labels.dtype != np.uint64 else labels
+    bad = (labels < 0) | (labels >= C)
+    if ignore_index is not None:
+        bad &= labels != ignore_index
+    first = labels[bad][0] if bad.any() else "?"
+    raise ValueError(f"{loss.name}: target has label {first} outside [0, {C})"
+                     + ("" if ignore_index is None else f" (and not ignore_index={ignore_index})"))

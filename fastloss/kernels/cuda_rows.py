@@ -1,0 +1,280 @@
+"""CUDA kernels of the row losses (cross_entropy, multi_margin): a group of GS threads per row.
+
+The row formulas are those of kernels/cpu_rows.py (see the docstrings there); the layout is the
+GPU's. A group of ``GS`` threads handles one row, ``BLOCK // GS`` rows per block at a time, and
+blocks stride over the rows:
+
+* ``GS = 1``      a thread per row, for small C (no communication at all);
+* ``GS = 32``     a warp per row, for mid-sized C (warp shuffles);
+* ``GS = BLOCK``  a block per row, for large C (block reductions).
+
+``GS`` is a constant of the generated module (one module per group size, compute dtype, block
+size and reduction path), so the compiler folds the choice away. Cross-entropy reads each row
+twice whatever C is: a first pass keeps a running max and a running sum of exponentials (online
+softmax, one read), the lanes combine their (max, sum) pairs, and the second pass writes the
+gradient (12 bytes per float32 element in all). multi_margin needs one pass.
+
+Rows handled by a group may be written in place (``out=logits``): every element is read and
+then written by the same thread, and the label's logit reaches the other lanes through a
+reduction, never through memory.
+
+Class labels are checked by ``labels_kernel`` (kernels/cuda_helpers.py), which also computes
+cross_entropy's "mean" denominator; the row kernels give a row with a label out of range NaN
+(value and gradient), never an out-of-bounds read.
+"""
+from . import codegen, cuda_helpers
+
+_BODY = """\
+@KERNEL_JIT
+def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
+              partials, fparts, result, fres):
+    sh = cuda.shared.array(BLOCK, float64)
+    shf = cuda.shared.array(BLOCK, int64)
+    tid = cuda.threadIdx.x
+    lane = tid % GS
+    rpb = BLOCK // GS
+    has_cw = cw.shape[0] != 0
+    has_sw = sw.shape[0] != 0
+    has_v = vals.shape[0] != 0
+    has_g = grad.shape[0] != 0
+    W = float64(C)
+    if cwsum.shape[0] != 0:
+        W = cwsum[0]
+    scale = grad_scale(rmode, gscale, den, den_mul)
+    epsc = eps / C
+    acc = 0.0
+    base = cuda.blockIdx.x * rpb
+    while base < R:
+        r = base + tid // GS
+        y = ignore
+        if r < R:
+            y = int64(labels[r])
+        skip = r >= R or y == ignore
+        bad = (not skip) and (y < 0 or y >= C)
+        live = (not skip) and (not bad)
+        # pass 1: running max m and sum s of exp(x - m); the label's logit; sum of w_c x_c
+        m = NEG_INF
+        s = 0.0
+        sx = 0.0
+        xy = 0.0
+        if live:
+            for c in range(lane, C, GS):
+                v = CT(x[r, c])
+                if v > m:
+                    s = s * math.exp(m - v) + 1.0
+                    m = v
+                elif v != NEG_INF:
+                    s += math.exp(v - m)
+                if c == y:
+                    xy = float64(v)
+                if eps != 0.0:
+                    if has_cw:
+                        sx += float64(cw[c]) * float64(v)
+                    else:
+                        sx += float64(v)
+        mx = group_max(float64(m), sh)
+        if m != NEG_INF:
+            s = s * math.exp(float64(m) - mx)
+        s = group_sum(s, sh)
+        xy = group_sum(xy, sh)
+        if eps != 0.0:
+            sx = group_sum(sx, sh)
+        l = 0.0
+        wy = 1.0
+        swr = 1.0
+        if live:
+            lse = mx + math.log(s)
+            if has_cw:
+                wy = float64(cw[y])
+            if has_sw:
+                swr = float64(sw[r])
+            l = (1.0 - eps) * wy * (lse - xy)
+            if eps != 0.0:
+                l += epsc * (W * lse - sx)
+            l = l * swr
+        # pass 2: the gradient, (a softmax_c - b w_c) minus the label's term
+        if has_g and r < R:
+            if live:
+                gs = swr * scale
+                a = CT(((1.0 - eps) * wy + epsc * W) * gs)
+                b = CT(epsc * gs)
+                cy = CT((1.0 - eps) * wy * gs)
+                mc = CT(mx)
+                inv = CT(1.0 / s)
+                for c in range(lane, C, GS):
+                    pc = math.exp(CT(x[r, c]) - mc) * inv
+                    wc = CT(1.0)
+                    if has_cw:
+                        wc = CT(cw[c])
+                    g = a * pc - b * wc
+                    if c == y:
+                        g = g - cy
+                    grad[r, c] = g
+            else:
+                fill = CT(0.0) if skip else CT(math.nan)
+                for c in range(lane, C, GS):
+                    grad[r, c] = fill
+        if lane == 0 and r < R:
+            if bad:
+                l = math.nan
+            if has_v:
+                vals[r] = l
+            acc += l
+        base += cuda.gridDim.x * rpb
+    store_block(acc, 0, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
+
+
+@KERNEL_JIT
+def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
+             partials, fparts, result, fres):
+    sh = cuda.shared.array(BLOCK, float64)
+    shf = cuda.shared.array(BLOCK, int64)
+    tid = cuda.threadIdx.x
+    lane = tid % GS
+    rpb = BLOCK // GS
+    has_cw = cw.shape[0] != 0
+    has_sw = sw.shape[0] != 0
+    has_v = vals.shape[0] != 0
+    has_g = grad.shape[0] != 0
+    scale = grad_scale(rmode, gscale, den, den_mul)
+    epsc = eps / C
+    acc = 0.0
+    base = cuda.blockIdx.x * rpb
+    while base < R:
+        r = base + tid // GS
+        live = r < R
+        # pass 1: online softmax; A = sum w_c t'_c, B = sum w_c t'_c x_c over t'_c != 0
+        m = NEG_INF
+        s = 0.0
+        sa = 0.0
+        sb = 0.0
+        if live:
+            for c in range(lane, C, GS):
+                v = CT(x[r, c])
+                if v > m:
+                    s = s * math.exp(m - v) + 1.0
+                    m = v
+                elif v != NEG_INF:
+                    s += math.exp(v - m)
+                tc = (1.0 - eps) * float64(probs[r, c]) + epsc
+                if tc != 0.0:
+                    wt = tc
+                    if has_cw:
+                        wt = float64(cw[c]) * tc
+                    sa += wt
+                    sb += wt * float64(v)
+        mx = group_max(float64(m), sh)
+        if m != NEG_INF:
+            s = s * math.exp(float64(m) - mx)
+        s = group_sum(s, sh)
+        sa = group_sum(sa, sh)
+        sb = group_sum(sb, sh)
+        swr = 1.0
+        l = 0.0
+        if live:
+            if has_sw:
+                swr = float64(sw[r])
+            l = (sa * (mx + math.log(s)) - sb) * swr
+        if has_g and live:
+            gs = swr * scale
+            a = CT(sa * gs)
+            mc = CT(mx)
+            inv = CT(1.0 / s)
+            for c in range(lane, C, GS):
+                tc = CT((1.0 - eps) * float64(probs[r, c]) + epsc)
+                wc = CT(1.0)
+                if has_cw:
+                    wc = CT(cw[c])
+                grad[r, c] = a * (math.exp(CT(x[r, c]) - mc) * inv) - wc * tc * CT(gs)
+        if lane == 0 and live:
+            if has_v:
+                vals[r] = l
+            acc += l
+        base += cuda.gridDim.x * rpb
+    store_block(acc, 0, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
+
+
+@KERNEL_JIT
+def multi_margin(x, labels, cw, sw, power, margin, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
+                 partials, fparts, result, fres):
+    sh = cuda.shared.array(BLOCK, float64)
+    shf = cuda.shared.array(BLOCK, int64)
+    tid = cuda.threadIdx.x
+    lane = tid % GS
+    rpb = BLOCK // GS
+    has_cw = cw.shape[0] != 0
+    has_sw = sw.shape[0] != 0
+    has_v = vals.shape[0] != 0
+    has_g = grad.shape[0] != 0
+    scale = grad_scale(rmode, gscale, den, den_mul)
+    mg = CT(margin)
+    acc = 0.0
+    base = cuda.blockIdx.x * rpb
+    while base < R:
+        r = base + tid // GS
+        y = int64(0)
+        if r < R:
+            y = int64(labels[r])
+        bad = r < R and (y < 0 or y >= C)
+        live = r < R and not bad
+        # the label's score, read by the lane that owns it and shared by a reduction
+        xy = 0.0
+        if live and y % GS == lane:
+            xy = float64(x[r, y])
+        xy = group_sum(xy, sh)
+        wy = 1.0
+        swr = 1.0
+        if live:
+            if has_cw:
+                wy = float64(cw[y])
+            if has_sw:
+                swr = float64(sw[r])
+        f = wy / C
+        gsc = CT(f * swr * scale)
+        xyc = CT(xy)
+        l = 0.0
+        gy = 0.0
+        if live:
+            for c in range(lane, C, GS):
+                z = mg - xyc + CT(x[r, c])
+                hit = z > 0.0 and c != y
+                if hit:
+                    if power == 1:
+                        l += float64(z)
+                    else:
+                        l += float64(z * z)
+                if has_g and c != y:
+                    g = CT(0.0)
+                    if hit:
+                        if power == 1:
+                            g = gsc
+                        else:
+                            g = CT(2.0) * z * gsc
+                    grad[r, c] = g
+                    gy -= float64(g)
+        l = group_sum(l, sh)
+        if has_g:
+            gy = group_sum(gy, sh)
+        if lane == 0 and r < R:
+            if bad:
+                l = math.nan
+                if has_g:
+                    for c in range(C):
+                        grad[r, c] = math.nan
+            else:
+                l = l * f * swr
+                if has_g:
+                    grad[r, y] = gy
+            if has_v:
+                vals[r] = l
+            acc += l
+        base += cuda.gridDim.x * rpb
+    store_block(acc, 0, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
+"""
+
+
+def build(ct, group):
+    """Generate (once) and import the row kernels for compute dtype ``ct`` and ``group`` threads
+    per row (1, 32 or the block size)."""
+    header = cuda_helpers.header(ct=ct, group=group)
+    return codegen.load_module(f"cuda_rows_{ct}_g{group}", header, cuda_helpers.reductions() + "\n\n" + _BODY)
