@@ -17,6 +17,18 @@ def _param_at(value, i):
     return lambda value, i: value
 
 
+def param_window(value, start, stop):
+    """A loss option for elements [start, stop): a slice of a per-element array, or the scalar."""
+    return value[start:stop] if hasattr(value, "__getitem__") else value
+
+
+@overload(param_window, inline="always")
+def _param_window(value, start, stop):
+    if isinstance(value, types.Array):
+        return lambda value, start, stop: value[start:stop]
+    return lambda value, start, stop: value
+
+
 @njit(**CPU_SCALAR)
 def lane_sum(acc):
     """Σ of the lane accumulators, in a fixed order (part of the result's definition)."""
