@@ -23,11 +23,38 @@ def _is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+_HOST, _DEVICE, _TORCH_T, _ASK = 0, 1, 2, 3
+_KIND = {}  # type -> how on_device decides for its instances
+
+
+def _classify(t):
+    mod = (getattr(t, "__module__", "") or "").split(".")[0]
+    if mod == "torch" and hasattr(t, "is_cuda"):
+        return _TORCH_T
+    if getattr(t, "__cuda_ndarray__", False) or (mod in ("cupy", "numba") and hasattr(t, "__cuda_array_interface__")):
+        return _DEVICE
+    if issubclass(t, (np.ndarray, np.generic, int, float, complex, str, bytes, list, tuple, type(None))):
+        return _HOST
+    return _ASK
+
+
 def on_device(x):
     """True for GPU arrays: anything exposing ``__cuda_array_interface__`` (Numba device arrays,
     CuPy, PyTorch CUDA tensors), and the CUDA simulator's arrays, which mark themselves with
-    ``__cuda_ndarray__``. Checked without importing any GPU library."""
-    return hasattr(x, "__cuda_array_interface__") or getattr(type(x), "__cuda_ndarray__", False)
+    ``__cuda_ndarray__``. Checked without importing any GPU library, and without reading the
+    interface itself (torch builds it on every access, and refuses it for tensors that require
+    grad): torch tensors answer ``is_cuda``, and known families are decided by their type."""
+    t = type(x)
+    k = _KIND.get(t)
+    if k is None:
+        k = _KIND[t] = _classify(t)
+    if k == _HOST:
+        return False
+    if k == _DEVICE:
+        return True
+    if k == _TORCH_T:
+        return x.is_cuda
+    return hasattr(x, "__cuda_array_interface__")
 
 
 def any_on_device(*xs):

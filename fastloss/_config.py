@@ -9,18 +9,25 @@ and Inf must propagate as IEEE arithmetic says.
 """
 import os
 
-#: Lanes of a vectorised reduction: element i of a chunk is added into lane i % LANES.
+#: Lanes of a vectorised reduction: element i of a block is added into lane i % LANES.
 LANES = 64
+
+#: Elements per block of an elementwise kernel: values are computed into a buffer of this
+#: size (in L1) and then added into the lanes.
+BLOCK = 1024
+
+#: error_model="numpy": a division by zero gives inf or NaN as IEEE says, instead of Python's
+#: ZeroDivisionError, whose check is a branch in the loop that stops vectorisation.
 
 #: Options of the scalar loss functions (value, derivative, helpers) on the CPU. They are
 #: inlined into the loop at Numba-IR level so that LLVM sees one loop body and vectorises it.
-CPU_SCALAR = dict(inline="always", cache=True)
+CPU_SCALAR = dict(inline="always", cache=True, error_model="numpy")
 
 #: Options of the serial chunk kernels: release the GIL so callers may use Python threads.
-CPU_KERNEL = dict(nogil=True, cache=True)
+CPU_KERNEL = dict(nogil=True, cache=True, error_model="numpy")
 
 #: Options of the parallel drivers (prange over fixed chunks).
-CPU_PARALLEL = dict(nogil=True, cache=True, parallel=True)
+CPU_PARALLEL = dict(nogil=True, cache=True, parallel=True, error_model="numpy")
 
 #: Elements per chunk of a reduction. The partitioning depends on this number alone, never on
 #: the thread count, so a reduction gives bitwise identical results whatever NUMBA_NUM_THREADS
@@ -75,6 +82,9 @@ CUDA_WARP_SHUFFLE = True
 #: Launch compiled kernels directly (cuda.core launch with pre-marshalled arguments) instead of
 #: through the Numba dispatcher (which types and wraps every argument on every call).
 CUDA_FAST_LAUNCH = True
+
+#: error_model="numpy": a division by zero gives inf or NaN as IEEE says, instead of Python's
+#: ZeroDivisionError, whose check is a branch in the loop that stops vectorisation.
 
 #: Options of the scalar loss functions (device functions) and of the kernels. No fastmath:
 #: NaN and Inf must propagate as on the CPU. (The simulator ignores what it does not know.)

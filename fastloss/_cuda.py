@@ -28,8 +28,6 @@ the hinge target flags, the class-label range check of cross_entropy / multi_mar
 (``_config.CUDA_CHECK_LABELS``), and the validity check of per-element option arrays (delta,
 q, ...). Nothing else reads from the device.
 """
-import ctypes
-import math
 import sys
 
 import numpy as np
@@ -93,15 +91,18 @@ def _is_scalar(v):
 
 
 def _check_placement(loss, pred, target, sample_weight, opts, out):
+    od = _arrays.on_device
+    if (od(pred) and od(target) and (sample_weight is None or od(sample_weight)) and (out is None or od(out))
+            and all(_is_scalar(v) or od(v) for v in opts.values())):
+        return
     named = [("pred", pred), ("target", target), ("sample_weight", sample_weight), ("out", out)]
     named += [(o.name, opts.get(o.name)) for o in loss.options if not _is_scalar(opts.get(o.name))]
-    on_dev = [(n, x) for n, x in named if x is not None and _arrays.on_device(x)]
-    host = [(n, x) for n, x in named if x is not None and not _arrays.on_device(x)]
-    if host:
-        dn, dx = next(((n, x) for n, x in on_dev if n == "pred"), on_dev[0])
-        hn, hx = host[0]
-        raise TypeError(f"{loss.name}: {dn} is a CUDA array ({_where(dx)}) but {hn} is on the host "
-                        f"({_where(hx)}); pass every array on the same device")
+    on_dev = [(n, x) for n, x in named if x is not None and od(x)]
+    host = [(n, x) for n, x in named if x is not None and not od(x)]
+    dn, dx = next(((n, x) for n, x in on_dev if n == "pred"), on_dev[0])
+    hn, hx = host[0]
+    raise TypeError(f"{loss.name}: {dn} is a CUDA array ({_where(dx)}) but {hn} is on the host "
+                    f"({_where(hx)}); pass every array on the same device")
 
 
 # -- device buffers -------------------------------------------------------------------------------
@@ -158,6 +159,8 @@ class _Buf:
 
     @property
     def flat(self):
+        if len(self.shape) == 1 and self.strides is None:
+            return self
         return self.view((self.size,))
 
     def carve(self, off, count, dtype):
@@ -429,9 +432,41 @@ def _launch(disp, grid, cx, args):
         return
     if _fast is None:
         _setup_fast()
-    if not _fast or not _config.CUDA_FAST_LAUNCH:
-        disp[grid, cx.block, cx.nb_stream()](*[a.numba() if type(a) is _Buf else a for a in args])
-        return
+    if _fast and _config.CUDA_FAST_LAUNCH:
+        if _fast_ok:
+            _launch_fast(disp, grid, cx, args)
+            return
+        try:  # the first fast launch: fall back for good if this numba-cuda is laid out otherwise
+            _launch_fast(disp, grid, cx, args)
+            _set_fast_ok()
+            return
+        except (AttributeError, ImportError, TypeError, KeyError) as exc:  # pragma: no cover
+            _disable_fast(exc)
+    disp[grid, cx.block, cx.nb_stream()](*[a.numba() if type(a) is _Buf else a for a in args])
+
+
+_fast_ok = False
+
+
+def _set_fast_ok():
+    global _fast_ok
+    _fast_ok = True
+
+
+def _disable_fast(exc):  # pragma: no cover - depends on the numba-cuda version
+    global _fast
+    import warnings
+    warnings.warn(f"fastloss: direct kernel launches unavailable with this numba-cuda ({exc!r}); "
+                  "using the Numba dispatcher (slower per call)", RuntimeWarning, stacklevel=3)
+    _fast = False
+
+
+def _launch_fast(disp, grid, cx, args):
+    """Marshal the arguments as Numba's dispatcher would (an array is meminfo, parent, nitems,
+    itemsize, data, shape, strides) and launch the compiled kernel with cuda.core. Every kernel
+    parameter is 8 bytes: cuda.core passes a Python int as intptr_t and a float as double."""
+    # The specialisation is keyed by the array dtypes alone: every kernel parameter has a fixed
+    # kind (an array of fixed ndim, an int, a float, an 8-tuple) at its position.
     key = [id(disp)]
     kargs = []
     for a in args:
@@ -439,23 +474,17 @@ def _launch(disp, grid, cx, args):
         if ta is _Buf:
             shp = a.shape
             isz = a.dtype.itemsize
-            key.append(a.dtype)
             if len(shp) == 1:
-                kargs += (0, 0, shp[0], isz, a.ptr, shp[0], isz)
-                key.append(1)
+                n0 = shp[0]
+                kargs += (0, 0, n0, isz, a.ptr, n0, isz)
             else:
                 r, c = shp
                 kargs += (0, 0, r * c, isz, a.ptr, r, c, c * isz, isz)
-                key.append(2)
-        elif ta is int:
-            key.append("i")
-            kargs.append(ctypes.c_int64(a))
-        elif ta is float:
-            key.append("f")
-            kargs.append(ctypes.c_double(a))
-        else:
-            key.append(len(a))
-            kargs.extend(ctypes.c_int64(v) for v in a)
+            key.append(a.dtype)
+        elif ta is tuple:
+            kargs += a
+        else:  # int (int64) or float (float64)
+            kargs.append(a)
     key = tuple(key)
     ent = _KERNELS.get(key)
     if ent is None:
@@ -729,21 +758,19 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     if sample_weight is not None:
         w, wdiv, winner, wmul = _elementwise_weights(loss, sample_weight, shape, opts, cx)
 
-    params, mask = [], []
+    params, mask = [], ()
     for o in loss.options:
         if o.host:
             continue
         v = opts[o.name]
-        if isinstance(v, (bool, np.bool_)):
-            params.append(int(v))
-        elif isinstance(v, (int, np.integer)):
-            params.append(int(v))
-        elif isinstance(v, (float, np.floating)):
+        if isinstance(v, (float, np.floating)):
             params.append(float(v))
+        elif isinstance(v, (bool, np.bool_, int, np.integer)):
+            params.append(int(v))
         else:
             params.append(_option_array(loss, o, v, shape, cx))
-            mask.append(o.name)
-    mod = _elementwise_module(loss, tuple(mask), ct)
+            mask += (o.name,)
+    mod = _elementwise_module(loss, mask, ct)
 
     g = _grid(n, cx)
     reduce_val = op != GRAD and reduction != "none"
@@ -759,7 +786,7 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     gw = _grid(w.size, cx) if need_den else 0
     total = ((g if g > 1 and reduce_val else 0) + (g if g > 1 and flags_on else 0) + (1 if flags_on else 0)
              + (1 if need_den else 0) + (gw if gw > 1 else 0))
-    scratch = _Scratch(cx, total)
+    scratch = _Scratch(cx, total) if total else None
     partials = scratch(g) if g > 1 and reduce_val else E64
     fparts = scratch(g, _I64) if g > 1 and flags_on else EI
     fres = scratch(1, _I64) if flags_on else EI

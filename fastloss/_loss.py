@@ -161,16 +161,23 @@ class ElementwiseLoss(Loss):
         self.options = tuple(options)
         self.target_flags, self.flags_error = target_flags, flags_error
         self.validate = validate
-        self._cpu = None
+        self._cpu = {}
 
     # -- kernels -----------------------------------------------------------------------------
-    def cpu_kernels(self):
-        """The generated CPU kernel module (built on first use; compiled per dtype by Numba)."""
-        if self._cpu is None:
+    def cpu_kernels(self, static=(), dtype="float64"):
+        """The generated CPU kernel module (built on first use; compiled per dtype by Numba).
+
+        ``static``: (name, value) of the boolean options. They are written into the kernel as
+        constants, one module per combination, so a branch on them is gone before LLVM sees the
+        loop (a branch left inside the loop can stop it vectorising)."""
+        key = (static, dtype)
+        mod = self._cpu.get(key)
+        if mod is None:
             from .kernels import cpu_elementwise
-            self._cpu = cpu_elementwise.build(self.name, self.value_fn, self.deriv_fn,
-                                              self.kernel_options(), self.target_flags)
-        return self._cpu
+            mod = self._cpu[key] = cpu_elementwise.build(self.name, self.value_fn, self.deriv_fn,
+                                                         self.kernel_options(), self.target_flags, dict(static),
+                                                         dtype)
+        return mod
 
     def cuda_kernels(self, array_params=(), ct="float64"):
         """The generated CUDA kernel module for the options given as arrays (``array_params``)
@@ -211,17 +218,22 @@ class ElementwiseLoss(Loss):
         tf = _arrays.as_real(t, "target", cdt).reshape(-1)
         wf, wsum = self._weights(w, shape, cdt, opts)
         wsum = self._denominator(reduction, wsum, shape, opts)
-        params = []
+        params, static = [], []
         for o in self.options:
             if o.host:
                 continue
             v = opts[o.name]
+            if o.kind is bool:
+                static.append((o.name, v))
+                continue
             if isinstance(v, np.ndarray):
                 try:
                     v = np.broadcast_to(v, shape)
                 except ValueError:
                     raise ValueError(f"{self.name}: {o.name} of shape {v.shape} does not broadcast to pred's shape {shape}") from None
                 v = _arrays.contiguous(v, cdt).reshape(-1)
+            else:
+                v = cdt.type(v)  # options in the compute dtype, like the data
             params.append(v)
 
         n = pf.size
@@ -231,7 +243,7 @@ class ElementwiseLoss(Loss):
         direct_out = out_np if self.target_flags is None else None
         grad = _arrays.kernel_buffer(direct_out, n, cdt) if op != VALUE else None
         scale = _grad_scale(wsum, reduction)
-        k = self.cpu_kernels()
+        k = self.cpu_kernels(tuple(static), cdt.name)
         nchunks = -(-n // _config.CHUNK)
         total, flags = 0.0, 0
         if nchunks <= 1:  # small input: one serial chunk (a parallel launch would cost more)

@@ -11,27 +11,34 @@ range of elements, and three parallel *drivers*, which split the input into fixe
 ``weight``, ``vals`` are ``None`` or arrays: Numba compiles a specialisation per combination and
 prunes the ``is None`` branches at compile time, so the unweighted loop never touches a weight.
 (The pruning only works on arguments that are never reassigned: hence the ``wv``/``vv`` views.)
-Sums accumulate in float64 whatever the data's dtype, element i of a chunk into lane i % LANES
-(``_config.LANES``), and the lanes are added in a fixed order at the end: the summation order is
-written in the source, not chosen by the compiler, so no 'reassoc' flag is needed to vectorise
-the loop, and the value is bitwise the same whether it comes from ``value_chunk`` or
-``both_chunk``, on any CPU. The partition into chunks depends only on the input size, so the
-result is also the same for any thread count, serial or parallel.
+Sums accumulate in float64 whatever the data's dtype, in a fixed order written in the source,
+not chosen by the compiler: each block of ``_config.BLOCK`` elements is first computed into a
+small buffer (a plain map loop, which LLVM vectorises even with transcendental math inlined),
+then added into ``_config.LANES`` float64 lanes (element j into lane j % LANES), and the lanes
+are summed at the end. No 'reassoc' flag is needed, the value is bitwise the same from
+``value_chunk`` and ``both_chunk`` and on any CPU, and the partition into chunks depends only on
+the input size, so it is also the same for any thread count, serial or parallel. (One loop doing
+both the math and the lane updates was 2-4 times slower: LLVM gave up vectorising it.)
+
+Views are indexed from 0 (``pred[start:stop]``, blocks ``[b0:b0 + BLOCK]``) because Numba drops
+its negative-index check only for indices it can prove non-negative, and that check in a loop
+stops vectorisation.
 
 Options (``delta``, ``q``, ...) are passed as arguments, scalars or per-element arrays
 (``param_at`` reads either), so one compiled kernel serves every option value.
 """
-from . import codegen
+from . import codegen, vmath
 
 _HEADER = """\
 import math
 import numpy as np
 from numba import njit, prange
-from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES
-from fastloss.kernels.cpu_helpers import lane_sum, param_at, param_window
+from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES, BLOCK
+from fastloss.kernels.cpu_helpers import lane_sum, lanes_add, param_at, param_window
 {imports}
 
 CACHE = True
+FLOAT = np.{dtype}
 SCALAR_JIT = njit(**dict(CPU_SCALAR, cache=CACHE))
 KERNEL_JIT = njit(**dict(CPU_KERNEL, cache=CACHE))
 PARALLEL_JIT = njit(**dict(CPU_PARALLEL, cache=CACHE))
@@ -51,19 +58,25 @@ def value_chunk(pred, target, weight, vals, {P}start, stop):
     if vals is not None:
         vv = vals[start:stop]
     acc = np.zeros(LANES)
+    buf = np.empty(BLOCK, dtype=pred.dtype)
     flags = 0
-    m = pred.size  # (not stop - start: LLVM must see the bound is the array size)
-    for i0 in range(0, m, LANES):
-        for j in range(min(LANES, m - i0)):
-            i = i0 + j
-            t = target[i]
-            l = {value}(pred[i], t, {PI})
+    for b0 in range(0, pred.size, BLOCK):
+        pb, tb = pred[b0:b0 + BLOCK], target[b0:b0 + BLOCK]
+        {BWINDOW}
+        if weight is not None:
+            wb = wv[b0:b0 + BLOCK]
+        if vals is not None:
+            vb = vv[b0:b0 + BLOCK]
+        for j in range(pb.size):
+            t = tb[j]
+            l = {value}(pb[j], t, {PJ})
             if weight is not None:
-                l = l * wv[i]
+                l = l * wb[j]
             if vals is not None:
-                vv[i] = l
-            acc[j] += l
+                vb[j] = l
+            buf[j] = l
             {FLAGS}
+        lanes_add(acc, buf[:pb.size])
     return lane_sum(acc), flags
 
 
@@ -93,23 +106,29 @@ def both_chunk(pred, target, weight, vals, grad, scale, {P}start, stop):
     if vals is not None:
         vv = vals[start:stop]
     acc = np.zeros(LANES)
+    buf = np.empty(BLOCK, dtype=pred.dtype)
     flags = 0
-    m = pred.size  # (not stop - start: LLVM must see the bound is the array size)
-    for i0 in range(0, m, LANES):
-        for j in range(min(LANES, m - i0)):
-            i = i0 + j
-            p = pred[i]
-            t = target[i]
-            l = {value}(p, t, {PI})
-            g = {deriv}(p, t, {PI}) * scale
+    for b0 in range(0, pred.size, BLOCK):
+        pb, tb, gb = pred[b0:b0 + BLOCK], target[b0:b0 + BLOCK], grad[b0:b0 + BLOCK]
+        {BWINDOW}
+        if weight is not None:
+            wb = wv[b0:b0 + BLOCK]
+        if vals is not None:
+            vb = vv[b0:b0 + BLOCK]
+        for j in range(pb.size):
+            p = pb[j]
+            t = tb[j]
+            l = {value}(p, t, {PJ})
+            g = {deriv}(p, t, {PJ}) * scale
             if weight is not None:
-                l = l * wv[i]
-                g = g * wv[i]
+                l = l * wb[j]
+                g = g * wb[j]
             if vals is not None:
-                vv[i] = l
-            grad[i] = g
-            acc[j] += l
+                vb[j] = l
+            gb[j] = g
+            buf[j] = l
             {FLAGS}
+        lanes_add(acc, buf[:pb.size])
     return lane_sum(acc), flags
 
 
@@ -139,16 +158,30 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
 """
 
 
-def build(name, value, deriv, param_names, target_flags=None):
-    """Generate (once) and import the CPU kernel module of an elementwise loss."""
-    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags})
-    p = "".join(f"{n}, " for n in param_names)
-    pi = ", ".join(f"param_at({n}, i)" for n in param_names)
+def build(name, value, deriv, param_names, target_flags=None, static=None, dtype="float64"):
+    """Generate (once) and import the CPU kernel module of an elementwise loss.
+
+    ``static`` maps option names to values written into the kernel as constants (the boolean
+    options); the other options in ``param_names`` become kernel arguments. ``dtype`` is the
+    compute dtype: the scalar math's float literals take it, so float32 data is computed in
+    float32 (twice the SIMD width) while sums still accumulate in float64."""
+    static = static or {}
+    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
+                                replace_math=vmath.CPU_REPLACEMENTS, typed_floats=True)
+    names_all = list(param_names)
+    args = [n for n in param_names if n not in static]
+    p = "".join(f"{n}, " for n in args)
+    pi = ", ".join(repr(static[n]) if n in static else f"param_at({n}, i)" for n in param_names)
+    param_names = args
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is
     # non-negative it drops the negative-index wraparound check, which would stop vectorisation.
     window = "; ".join(f"{n} = param_window({n}, start, stop)" for n in param_names) or "pass"
+    # ... and per block: option views [b0:b0 + BLOCK] under new names, read at j.
+    bwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + BLOCK)" for n in param_names) or "pass"
+    pj = ", ".join(repr(static[n]) if n in static else f"param_at({n}_b, j)" for n in names_all)
     flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
     body = _BODY.format(scalars=src.text, value=src.names["value"], deriv=src.names["deriv"],
-                        P=p, PI=pi, FLAGS=flags, WINDOW=window)
-    header = _HEADER.format(imports="\n".join(src.imports))
-    return codegen.load_module(f"cpu_{name}", header, body, src.injected)
+                        P=p, PI=pi, PJ=pj, FLAGS=flags, WINDOW=window, BWINDOW=bwindow)
+    header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype)
+    kind = f"cpu_{name}_{dtype}" + "".join(f"_{n}{int(v)}" for n, v in sorted(static.items()))
+    return codegen.load_module(kind, header, body, src.injected)

@@ -36,3 +36,14 @@ def lane_sum(acc):
     for j in range(acc.size):
         s += acc[j]
     return s
+
+
+@njit(**CPU_SCALAR)
+def lanes_add(acc, buf):
+    """acc[j % LANES] += buf[j] for every j, in float64: a fixed summation order that LLVM
+    vectorises without reassociation."""
+    lanes = acc.size
+    for k0 in range(0, buf.size, lanes):
+        b = buf[k0:k0 + lanes]
+        for j in range(b.size):
+            acc[j] += b[j]

@@ -9,13 +9,13 @@ no per-row output, no gradient) are pruned at compile time.
 The per-row math is in the ``*_row`` functions below; the CUDA kernels (kernels/cuda_rows.py)
 share the same formulas.
 """
-import math
 
 import numpy as np
 from numba import njit, prange
 
 from .._config import CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR, LANES
 from .cpu_helpers import lane_sum
+from .vmath import vexp, vlog
 
 # Reductions over a row use LANES explicit accumulators (see _config): vectorised without
 # 'reassoc', and the same rounding in every kernel that computes the same value.
@@ -43,7 +43,7 @@ def _sum_exp(row, m, lanes):
     C = row.size
     for c0 in range(0, C, LANES):
         for j in range(min(LANES, C - c0)):
-            lanes[j] += math.exp(row[c0 + j] - m)
+            lanes[j] += vexp(row[c0 + j] - m)
     return lane_sum(lanes)
 
 
@@ -71,7 +71,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
         row = logits[r]
         m = _row_max(row, lanes)
         s = _sum_exp(row, m, lanes)
-        lse = m + math.log(s)
+        lse = m + vlog(s)
         wy = 1.0 if class_weight is None else class_weight[y]
         l = (1.0 - smoothing) * wy * (lse - row[y])
         if smoothing != 0.0:
@@ -92,7 +92,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
             a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
             inv = 1.0 / s
             for c in range(C):
-                pc = math.exp(row[c] - m) * inv
+                pc = vexp(row[c] - m) * inv
                 wc = 1.0 if class_weight is None else class_weight[c]
                 grad[r, c] = (a * pc - smoothing / C * wc) * gs
             grad[r, y] -= (1.0 - smoothing) * wy * gs
@@ -115,7 +115,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         trow = probs[r]
         m = _row_max(row, lanes)
         s = _sum_exp(row, m, lanes)
-        lse = m + math.log(s)
+        lse = m + vlog(s)
         lanes[:] = 0.0
         lanes_w[:] = 0.0
         for c0 in range(0, C, LANES):
@@ -139,7 +139,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
             for c in range(C):
                 wc = 1.0 if class_weight is None else class_weight[c]
                 tc = (1.0 - smoothing) * trow[c] + smoothing / C
-                grad[r, c] = (wt * math.exp(row[c] - m) * inv - wc * tc) * gs
+                grad[r, c] = (wt * vexp(row[c] - m) * inv - wc * tc) * gs
     return total
 
 

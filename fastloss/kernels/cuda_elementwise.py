@@ -20,7 +20,7 @@ reduction path. Every module is compiled once per argument dtypes and cached on 
 """
 from . import codegen, cuda_helpers
 
-# {P}: comma-terminated option names; {PI}: the options as read at element i.
+# {P}: comma-terminated option names; {*_LOOP}: the grid-stride loops (see _loop).
 _BODY = """\
 {scalars}
 
@@ -48,16 +48,7 @@ def value_kernel(pred, target, weight, wdiv, winner, vals, {P}n, rmode, den_host
     has_v = vals.shape[0] != 0
     acc = 0.0
     flags = 0
-    while i < n:
-        t = CT(target[i])
-        l = {value}(CT(pred[i]), t, {PI})
-        if has_w:
-            l = l * CT(weight[widx(i, wdiv, winner)])
-        if has_v:
-            vals[i] = l
-        acc += float64(l)
-        {FLAGS}
-        i += step
+{VALUE_LOOP}
     store_block(acc, flags, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
 
 
@@ -69,14 +60,7 @@ def grad_kernel(pred, target, weight, wdiv, winner, grad, {P}n, rmode, gscale, d
     has_w = weight.shape[0] != 0
     scale = grad_scale(rmode, gscale, den, den_mul)
     flags = 0
-    while i < n:
-        t = CT(target[i])
-        g = {deriv}(CT(pred[i]), t, {PI}) * scale
-        if has_w:
-            g = g * CT(weight[widx(i, wdiv, winner)])
-        grad[i] = g
-        {FLAGS}
-        i += step
+{GRAD_LOOP}
     store_flags(flags, shf, fparts, fres)
 
 
@@ -92,23 +76,60 @@ def both_kernel(pred, target, weight, wdiv, winner, vals, grad, {P}n, rmode, gsc
     scale = grad_scale(rmode, gscale, den, den_mul)
     acc = 0.0
     flags = 0
-    while i < n:
-        p = CT(pred[i])
-        t = CT(target[i])
-        l = {value}(p, t, {PI})
-        g = {deriv}(p, t, {PI}) * scale
-        if has_w:
-            w = CT(weight[widx(i, wdiv, winner)])
-            l = l * w
-            g = g * w
-        if has_v:
-            vals[i] = l
-        grad[i] = g
-        acc += float64(l)
-        {FLAGS}
-        i += step
+{BOTH_LOOP}
     store_block(acc, flags, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
 """
+
+
+# The grid-stride loops, written per element (suffix {k}, index {ix}) and unrolled by two: each
+# thread loads elements i and i + step before computing either (two loads in flight), and adds
+# them to its sum in the order i, i + step, ..., the order of the loop without unrolling, so
+# unrolling changes no result.
+_LOAD = """\
+        p{k} = CT(pred[{ix}])
+        t{k} = CT(target[{ix}])
+"""
+_VALUE = """\
+        l{k} = {value}(p{k}, t{k}, {PI})
+        if has_w:
+            l{k} = l{k} * CT(weight[widx({ix}, wdiv, winner)])
+        if has_v:
+            vals[{ix}] = l{k}
+"""
+_GRAD = """\
+        g{k} = {deriv}(p{k}, t{k}, {PI}) * scale
+        if has_w:
+            g{k} = g{k} * CT(weight[widx({ix}, wdiv, winner)])
+        grad[{ix}] = g{k}
+"""
+_BOTH = """\
+        l{k} = {value}(p{k}, t{k}, {PI})
+        g{k} = {deriv}(p{k}, t{k}, {PI}) * scale
+        if has_w:
+            w{k} = CT(weight[widx({ix}, wdiv, winner)])
+            l{k} = l{k} * w{k}
+            g{k} = g{k} * w{k}
+        if has_v:
+            vals[{ix}] = l{k}
+        grad[{ix}] = g{k}
+"""
+
+
+def _loop(part, value, deriv, param_names, array_params, flags, acc):
+    """The unrolled grid-stride loop of one kernel, and its one-element tail. Both elements are
+    loaded before either is stored: a store may alias a later load (out=pred), so the compiler
+    could not move the second load above the first store itself."""
+    def elem(k, ix):
+        pi = ", ".join(f"CT({n}[{ix}])" if n in array_params else n for n in param_names)
+        text = part.format(k=k, ix=ix, value=value, deriv=deriv, PI=pi)
+        if acc:
+            text += f"        acc += float64(l{k})\n"
+        if flags:
+            text += f"        flags |= {flags}(t{k})\n"
+        return text
+    return ("    while i + step < n:\n        j = i + step\n" + _LOAD.format(k=0, ix="i") + _LOAD.format(k=1, ix="j")
+            + elem(0, "i") + elem(1, "j") + "        i = j + step\n"
+            + "    if i < n:\n" + _LOAD.format(k=0, ix="i") + elem(0, "i"))
 
 
 def build(name, value, deriv, param_names, target_flags=None, array_params=(), ct="float64"):
@@ -120,10 +141,12 @@ def build(name, value, deriv, param_names, target_flags=None, array_params=(), c
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags})
     array_params = set(array_params)
     p = "".join(f"{n}, " for n in param_names)
-    pi = ", ".join(f"CT({n}[i])" if n in array_params else n for n in param_names)
-    flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
-    body = _BODY.format(scalars=src.text, reductions=cuda_helpers.reductions(), value=src.names["value"],
-                        deriv=src.names["deriv"], P=p, PI=pi, FLAGS=flags)
+    fl = src.names["flags"] if target_flags is not None else None
+    v, d = src.names["value"], src.names["deriv"]
+    body = _BODY.format(scalars=src.text, reductions=cuda_helpers.reductions(), P=p,
+                        VALUE_LOOP=_loop(_VALUE, v, d, param_names, array_params, fl, True),
+                        GRAD_LOOP=_loop(_GRAD, v, d, param_names, array_params, fl, False),
+                        BOTH_LOOP=_loop(_BOTH, v, d, param_names, array_params, fl, True))
     header = cuda_helpers.header(ct=ct, imports=src.imports)
     tag = "".join("a" if n in array_params else "s" for n in param_names)
     return codegen.load_module(f"cuda_{name}_{ct}{'_' + tag if tag else ''}", header, body, src.injected)

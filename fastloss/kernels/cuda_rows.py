@@ -25,6 +25,46 @@ cross_entropy's "mean" denominator; the row kernels give a row with a label out 
 from . import codegen, cuda_helpers
 
 _BODY = """\
+@DEVICE_JIT
+def online1(m, s, v):
+    # online softmax: the running max m and sum s of exp(x - m) after one more value
+    if v > m:
+        s = s * math.exp(m - v) + 1.0
+        m = v
+    elif v != NEG_INF:
+        s += math.exp(v - m)
+    return m, s
+
+
+@DEVICE_JIT
+def online4(m, s, v0, v1, v2, v3):
+    # ... after four more values: at most one rescale
+    a = v0 if v0 > v1 else v1
+    b = v2 if v2 > v3 else v3
+    a = a if a > b else b
+    if a > m:
+        s = s * math.exp(m - a)
+        m = a
+    if m != NEG_INF:
+        s += ((float64(math.exp(v0 - m)) + float64(math.exp(v1 - m)))
+              + (float64(math.exp(v2 - m)) + float64(math.exp(v3 - m))))
+    return m, s
+
+
+@DEVICE_JIT
+def wx(cw, c, v, has_cw):
+    # w_c x_c in float64 (label smoothing's sum)
+    if has_cw:
+        return float64(cw[c]) * float64(v)
+    return float64(v)
+
+
+@DEVICE_JIT
+def ce_grad(xv, wv, a, b, mc, inv):
+    # a softmax_c - b w_c, in the compute dtype
+    return a * (math.exp(xv - mc) * inv) - b * wv
+
+
 @KERNEL_JIT
 def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
               partials, fparts, result, fres):
@@ -58,20 +98,25 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
         sx = 0.0
         xy = 0.0
         if live:
-            for c in range(lane, C, GS):
-                v = CT(x[r, c])
-                if v > m:
-                    s = s * math.exp(m - v) + 1.0
-                    m = v
-                elif v != NEG_INF:
-                    s += math.exp(v - m)
-                if c == y:
-                    xy = float64(v)
+            if y % GS == lane:
+                xy = float64(CT(x[r, y]))
+            c = lane
+            while c + 3 * GS < C:  # four loads in flight per thread
+                v0 = CT(x[r, c])
+                v1 = CT(x[r, c + GS])
+                v2 = CT(x[r, c + 2 * GS])
+                v3 = CT(x[r, c + 3 * GS])
+                m, s = online4(m, s, v0, v1, v2, v3)
                 if eps != 0.0:
-                    if has_cw:
-                        sx += float64(cw[c]) * float64(v)
-                    else:
-                        sx += float64(v)
+                    sx += ((wx(cw, c, v0, has_cw) + wx(cw, c + GS, v1, has_cw))
+                           + (wx(cw, c + 2 * GS, v2, has_cw) + wx(cw, c + 3 * GS, v3, has_cw)))
+                c += 4 * GS
+            while c < C:
+                v = CT(x[r, c])
+                m, s = online1(m, s, v)
+                if eps != 0.0:
+                    sx += wx(cw, c, v, has_cw)
+                c += GS
         mx = group_max(float64(m), sh)
         if m != NEG_INF:
             s = s * math.exp(float64(m) - mx)
@@ -101,15 +146,44 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
                 cy = CT((1.0 - eps) * wy * gs)
                 mc = CT(mx)
                 inv = CT(1.0 / s)
-                for c in range(lane, C, GS):
-                    pc = math.exp(CT(x[r, c]) - mc) * inv
+                c = lane
+                while c + 3 * GS < C:  # four loads in flight, then four stores
+                    x0 = CT(x[r, c])
+                    x1 = CT(x[r, c + GS])
+                    x2 = CT(x[r, c + 2 * GS])
+                    x3 = CT(x[r, c + 3 * GS])
+                    w0 = w1 = w2 = w3 = CT(1.0)
+                    if has_cw:
+                        w0 = CT(cw[c])
+                        w1 = CT(cw[c + GS])
+                        w2 = CT(cw[c + 2 * GS])
+                        w3 = CT(cw[c + 3 * GS])
+                    g0 = ce_grad(x0, w0, a, b, mc, inv)
+                    g1 = ce_grad(x1, w1, a, b, mc, inv)
+                    g2 = ce_grad(x2, w2, a, b, mc, inv)
+                    g3 = ce_grad(x3, w3, a, b, mc, inv)
+                    if c == y:
+                        g0 = g0 - cy
+                    elif c + GS == y:
+                        g1 = g1 - cy
+                    elif c + 2 * GS == y:
+                        g2 = g2 - cy
+                    elif c + 3 * GS == y:
+                        g3 = g3 - cy
+                    grad[r, c] = g0
+                    grad[r, c + GS] = g1
+                    grad[r, c + 2 * GS] = g2
+                    grad[r, c + 3 * GS] = g3
+                    c += 4 * GS
+                while c < C:
                     wc = CT(1.0)
                     if has_cw:
                         wc = CT(cw[c])
-                    g = a * pc - b * wc
+                    g = ce_grad(CT(x[r, c]), wc, a, b, mc, inv)
                     if c == y:
                         g = g - cy
                     grad[r, c] = g
+                    c += GS
             else:
                 fill = CT(0.0) if skip else CT(math.nan)
                 for c in range(lane, C, GS):

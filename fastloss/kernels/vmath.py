@@ -121,6 +121,9 @@ for _stub in (vexp, vexpm1, vlog, vlog1p):
     _stub._fastloss_jit_import = True
 del _stub
 
+#: What the CPU code generator substitutes for ``math.*`` calls in a loss's scalar math.
+CPU_REPLACEMENTS = {"exp": vexp, "expm1": vexpm1, "log": vlog, "log1p": vlog1p}
+
 
 # ---------------------------------------------------------------------------
 # Polynomial coefficients (lowest order first).  See the module docstring and

@@ -161,13 +161,19 @@ squared_hinge = elementwise_loss(squared_hinge_value, squared_hinge_deriv, name=
 squared_hinge.target_flags, squared_hinge.flags_error = hinge_target_flags, hinge_flags_error
 
 
+def pow_unit(u, g):
+    """u**g for u in [0, 1], g ≥ 0, through exp and log so that the CPU loop vectorises
+    (u = 0 gives 0, or 1 when g = 0; NaN stays NaN)."""
+    return math.exp(g * math.log(u)) if u > 0.0 else (1.0 if g == 0.0 else 0.0 * u)
+
+
 # -- sigmoid_focal --------------------------------------------------------------------------------
 def focal_value(x, t, alpha, gamma):
     # torchvision: ce · (1 − p_t)^γ · α_t, with 1 − p_t = σ(x)(1 − t) + σ(−x) t computed from
     # both sigmoids so that it keeps its precision when it is small.
     ce = bce_logits(x, t, 1.0)
     u = sigmoid(x) * (1.0 - t) + sigmoid(-x) * t
-    l = ce * (u ** gamma)
+    l = ce * pow_unit(u, gamma)
     if alpha >= 0.0:
         l = l * (alpha * t + (1.0 - alpha) * (1.0 - t))
     return l
@@ -178,13 +184,13 @@ def focal_deriv(x, t, alpha, gamma):
     q = sigmoid(-x)
     ce = bce_logits(x, t, 1.0)
     u = p * (1.0 - t) + q * t
-    g = (p - t) * (u ** gamma)
+    g = (p - t) * pow_unit(u, gamma)
     pq = p * q
     if gamma != 0.0 and u > 0.0 and pq != 0.0:
         # d u / dx = p q (1 − 2t). The guards keep 0·∞ out where u = 0 (where u^(γ−1) may be
         # infinite) and where p q = 0 at an infinite logit (where ce may be infinite); the term's
         # limit there is 0.
-        g = g + ce * gamma * (u ** (gamma - 1.0)) * pq * (1.0 - 2.0 * t)
+        g = g + ce * gamma * math.exp((gamma - 1.0) * math.log(u)) * pq * (1.0 - 2.0 * t)
     if alpha >= 0.0:
         g = g * (alpha * t + (1.0 - alpha) * (1.0 - t))
     return g

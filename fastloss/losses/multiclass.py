@@ -211,10 +211,7 @@ class KLDiv(ElementwiseLoss):
         # PyTorch's batchmean is sum / pred.shape[0]; with row weights, the weighted mean over
         # rows times rows per batch item, which is the same when every weight is 1.
         n = int(np.prod(shape))
-        if len(shape) >= 2:  # the first axis that is not the class axis
-            batch = shape[1] if opts["axis"] % len(shape) == 0 else shape[0]
-        else:
-            batch = shape[0] if shape else 1
+        batch = shape[0] if shape else 1
         return wsum * batch / n if n else wsum
 
 
