@@ -6,45 +6,63 @@ them with ``prange``. As for the elementwise kernels, the partition depends only
 so results are bitwise identical for any thread count. ``None`` arguments (no class weights,
 no per-row output, no gradient) are pruned at compile time.
 
-The per-row math is in the ``*_row`` functions below; the CUDA kernels (kernels/cuda_rows.py)
-share the same formulas.
-"""
+How the hot loops are written, and why (see also kernels/cpu_elementwise.py):
 
+* every inner loop runs over a view indexed from 0 to the view's size, so Numba can drop its
+  negative-index check (which stops vectorisation);
+* exp and log are vmath's vectorisable ones, computed in the data's dtype (float32 math for
+  float32 logits; the row's sums still accumulate in float64);
+* a sum over a row is computed per block: a map loop writes the terms into a small buffer, then
+  ``lanes_add`` adds them into float64 lanes in a fixed order. No 'reassoc' flag, so the value
+  is the same bitwise with or without the gradient, and LLVM vectorises both loops.
+
+A row of cross-entropy is read three times (max, Σ exp, gradient); from the second read on it
+comes from the L2 cache, so memory sees one read of the logits and one write of the gradient.
+"""
 import numpy as np
 from numba import njit, prange
 
-from .._config import CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR, LANES
-from .cpu_helpers import lane_sum
+from .._config import BLOCK, CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR, LANES
+from .cpu_helpers import lane_sum, lanes_add
 from .vmath import vexp, vlog
-
-# Reductions over a row use LANES explicit accumulators (see _config): vectorised without
-# 'reassoc', and the same rounding in every kernel that computes the same value.
 
 
 @njit(**CPU_SCALAR)
-def _row_max(row, lanes):
-    """max of a row (NaN entries are skipped here and propagate through the sum of exps)."""
-    lanes[:] = -np.inf
-    C = row.size
-    for c0 in range(0, C, LANES):
-        for j in range(min(LANES, C - c0)):
-            v = row[c0 + j]
-            lanes[j] = v if v > lanes[j] else lanes[j]
-    m = -np.inf
-    for j in range(LANES):
-        m = lanes[j] if lanes[j] > m else m
+def _row_max(row, mlanes):
+    """max of a row, in the row's dtype (NaN entries are skipped here; they propagate through
+    the sum of exps)."""
+    mlanes[:] = -np.inf
+    for c0 in range(0, row.size, LANES):
+        b = row[c0:c0 + LANES]
+        for j in range(b.size):
+            v = b[j]
+            mlanes[j] = v if v > mlanes[j] else mlanes[j]
+    m = mlanes[0]
+    for j in range(1, LANES):
+        m = mlanes[j] if mlanes[j] > m else m
     return m
 
 
 @njit(**CPU_SCALAR)
-def _sum_exp(row, m, lanes):
-    """Σ_c exp(row[c] − m), in float64."""
+def _sum_exp(row, m, lanes, buf):
+    """Σ_c exp(row[c] − m), terms in the row's dtype, summed in float64."""
     lanes[:] = 0.0
-    C = row.size
-    for c0 in range(0, C, LANES):
-        for j in range(min(LANES, C - c0)):
-            lanes[j] += vexp(row[c0 + j] - m)
+    for b0 in range(0, row.size, BLOCK):
+        rb = row[b0:b0 + BLOCK]
+        for j in range(rb.size):
+            buf[j] = vexp(rb[j] - m)
+        lanes_add(lanes, buf[:rb.size])
     return lane_sum(lanes)
+
+
+@njit(**CPU_SCALAR)
+def _softmax_scaled(row, m, k, grow):
+    """grow[c] = exp(row[c] − m) · k: the softmax times a factor, written in one map loop."""
+    for b0 in range(0, row.size, BLOCK):
+        rb = row[b0:b0 + BLOCK]
+        gb = grow[b0:b0 + BLOCK]
+        for j in range(rb.size):
+            gb[j] = vexp(rb[j] - m) * k
 
 
 @njit(**CPU_KERNEL)
@@ -57,45 +75,49 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
     Rows whose label is ``ignore_index`` contribute nothing and get a zero gradient.
     """
     C = logits.shape[1]
+    dt = logits.dtype.type
     total = 0.0
     lanes = np.empty(LANES)
+    mlanes = np.empty(LANES, dtype=logits.dtype)
+    buf = np.empty(BLOCK, dtype=logits.dtype)
     for r in range(r0, r1):
         y = labels[r]
+        row = logits[r]
         if y == ignore_index:
             if vals is not None:
                 vals[r] = 0.0
             if grad is not None:
-                for c in range(C):
-                    grad[r, c] = 0.0
+                grad[r][:] = 0.0
             continue
-        row = logits[r]
-        m = _row_max(row, lanes)
-        s = _sum_exp(row, m, lanes)
-        lse = m + vlog(s)
+        m = _row_max(row, mlanes)
+        s = _sum_exp(row, m, lanes, buf)
+        lse = m + np.log(s)
         wy = 1.0 if class_weight is None else class_weight[y]
         l = (1.0 - smoothing) * wy * (lse - row[y])
         if smoothing != 0.0:
+            # Σ_c w_c (lse − x_c) = W·lse − Σ_c w_c x_c
             lanes[:] = 0.0
-            for c0 in range(0, C, LANES):
-                for j in range(min(LANES, C - c0)):
-                    c = c0 + j
-                    wc = 1.0 if class_weight is None else class_weight[c]
-                    lanes[j] += wc * (lse - row[c])
-            l += smoothing / C * lane_sum(lanes)
+            for b0 in range(0, C, BLOCK):
+                rb = row[b0:b0 + BLOCK]
+                for j in range(rb.size):
+                    buf[j] = rb[j] if class_weight is None else rb[j] * class_weight[b0 + j]
+                lanes_add(lanes, buf[:rb.size])
+            l += smoothing / C * (cw_sum * lse - lane_sum(lanes))
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
         if vals is not None:
             vals[r] = l
         if grad is not None:
+            grow = grad[r]
             gs = sw * scale
             a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
-            inv = 1.0 / s
-            for c in range(C):
-                pc = vexp(row[c] - m) * inv
-                wc = 1.0 if class_weight is None else class_weight[c]
-                grad[r, c] = (a * pc - smoothing / C * wc) * gs
-            grad[r, y] -= (1.0 - smoothing) * wy * gs
+            _softmax_scaled(row, m, dt(a * gs / s), grow)
+            if smoothing != 0.0:
+                e = smoothing / C * gs
+                for c in range(C):
+                    grow[c] -= dt(e if class_weight is None else e * class_weight[c])
+            grow[y] -= dt((1.0 - smoothing) * wy * gs)
     return total
 
 
@@ -107,39 +129,46 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
     − w t'. A class whose target is exactly 0 adds nothing, even where its logit is −inf.
     """
     C = logits.shape[1]
+    dt = logits.dtype.type
     total = 0.0
     lanes = np.empty(LANES)
     lanes_w = np.empty(LANES)
+    mlanes = np.empty(LANES, dtype=logits.dtype)
+    buf = np.empty(BLOCK, dtype=logits.dtype)
+    buf_w = np.empty(BLOCK, dtype=logits.dtype)
     for r in range(r0, r1):
         row = logits[r]
         trow = probs[r]
-        m = _row_max(row, lanes)
-        s = _sum_exp(row, m, lanes)
-        lse = m + vlog(s)
+        m = _row_max(row, mlanes)
+        s = _sum_exp(row, m, lanes, buf)
+        lse = dt(m + np.log(s))
         lanes[:] = 0.0
         lanes_w[:] = 0.0
-        for c0 in range(0, C, LANES):
-            for j in range(min(LANES, C - c0)):
-                c = c0 + j
-                wc = 1.0 if class_weight is None else class_weight[c]
-                tc = (1.0 - smoothing) * trow[c] + smoothing / C
-                term = wc * tc * (lse - row[c])
-                lanes[j] += term if tc != 0.0 else 0.0
-                lanes_w[j] += wc * tc
+        for b0 in range(0, C, BLOCK):
+            rb = row[b0:b0 + BLOCK]
+            tb = trow[b0:b0 + BLOCK]
+            for j in range(rb.size):
+                tc = (1.0 - smoothing) * tb[j] + smoothing / C
+                wt = tc if class_weight is None else class_weight[b0 + j] * tc
+                buf[j] = wt * (lse - rb[j]) if tc != 0.0 else 0.0
+                buf_w[j] = wt
+            lanes_add(lanes, buf[:rb.size])
+            lanes_add(lanes_w, buf_w[:rb.size])
         l = lane_sum(lanes)
-        wt = lane_sum(lanes_w)
+        wsum = lane_sum(lanes_w)
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
         if vals is not None:
             vals[r] = l
         if grad is not None:
+            grow = grad[r]
             gs = sw * scale
-            inv = 1.0 / s
+            _softmax_scaled(row, m, dt(wsum * gs / s), grow)
             for c in range(C):
-                wc = 1.0 if class_weight is None else class_weight[c]
                 tc = (1.0 - smoothing) * trow[c] + smoothing / C
-                grad[r, c] = (wt * vexp(row[c] - m) * inv - wc * tc) * gs
+                wt = tc if class_weight is None else class_weight[c] * tc
+                grow[c] -= dt(wt * gs)
     return total
 
 
@@ -152,6 +181,7 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
     C = scores.shape[1]
     total = 0.0
     lanes = np.empty(LANES)
+    buf = np.empty(BLOCK)
     for r in range(r0, r1):
         y = labels[r]
         row = scores[r]
@@ -160,22 +190,24 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
         sw = 1.0 if row_weight is None else row_weight[r]
         f = wy / C
         lanes[:] = 0.0
-        for c0 in range(0, C, LANES):
-            for j in range(min(LANES, C - c0)):
-                c = c0 + j
-                z = margin - xy + row[c]
-                hit = (z > 0.0) and (c != y)
-                lanes[j] += ((z if power == 1 else z * z) if hit else 0.0)
+        for b0 in range(0, C, BLOCK):
+            rb = row[b0:b0 + BLOCK]
+            for j in range(rb.size):
+                z = margin - xy + rb[j]
+                hit = (z > 0.0) and (b0 + j != y)
+                buf[j] = (z if power == 1 else z * z) if hit else 0.0
+            lanes_add(lanes, buf[:rb.size])
         if grad is not None:
+            grow = grad[r]
             gs = f * sw * scale
             gy = 0.0
             for c in range(C):
                 z = margin - xy + row[c]
                 hit = (z > 0.0) and (c != y)
                 g = (1.0 if power == 1 else 2.0 * z) * gs if hit else 0.0
-                grad[r, c] = g
+                grow[c] = g
                 gy -= g
-            grad[r, y] = gy
+            grow[y] = gy
         l = lane_sum(lanes) * f * sw
         total += l
         if vals is not None:
