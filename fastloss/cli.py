@@ -6,7 +6,7 @@ import sys
 import tempfile
 import time
 
-DEFAULT_SIZES = (2**10, 2**16, 2**20)
+DEFAULT_SIZES = (2**12, 2**20)
 DEFAULT_ROWS = ((4096, 1000),)
 
 
@@ -106,12 +106,12 @@ def bench(argv):
     ap.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--size", nargs="+", type=_parse_size,
                     help="element counts (e.g. 2**20) for elementwise losses, RxC (e.g. 2048x32000) for row "
-                         "losses (default: 2**10 2**16 2**20 and 4096x1000)")
+                         "losses (default: 2**12 2**20 and 4096x1000)")
     ap.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
     ap.add_argument("--op", nargs="+", default=["value", "value_and_grad"], choices=["value", "value_and_grad"])
     ap.add_argument("--json", metavar="PATH", help="write machine-readable results (with the hardware) here")
     ap.add_argument("--plot", metavar="PATH.png", help="plot throughput against size per loss (needs matplotlib)")
-    ap.add_argument("--min-time", type=float, default=0.01, help="seconds per timing sample (default 0.01)")
+    ap.add_argument("--min-time", type=float, default=0.005, help="seconds per timing sample (default 0.005)")
     ap.add_argument("--samples", type=int, default=5, help="timing samples per figure; the median is kept")
     ap.add_argument("--no-startup", action="store_true", help="skip the import and compile-time measurements")
     args = ap.parse_args(argv)

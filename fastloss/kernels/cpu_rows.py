@@ -197,18 +197,21 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
                 hit = (z > 0.0) and (b0 + j != y)
                 buf[j] = (z if power == 1 else z * z) if hit else 0.0
             lanes_add(lanes, buf[:rb.size])
+        l = lane_sum(lanes) * f * sw
         if grad is not None:
+            # d/dx_c = p·z^(p−1)·f for each violating c ≠ y; d/dx_y = −Σ of those.
             grow = grad[r]
             gs = f * sw * scale
-            gy = 0.0
-            for c in range(C):
-                z = margin - xy + row[c]
-                hit = (z > 0.0) and (c != y)
-                g = (1.0 if power == 1 else 2.0 * z) * gs if hit else 0.0
-                grow[c] = g
-                gy -= g
-            grow[y] = gy
-        l = lane_sum(lanes) * f * sw
+            lanes[:] = 0.0
+            for b0 in range(0, C, BLOCK):
+                rb = row[b0:b0 + BLOCK]
+                gb = grow[b0:b0 + BLOCK]
+                for j in range(rb.size):
+                    z = margin - xy + rb[j]
+                    hit = (z > 0.0) and (b0 + j != y)
+                    gb[j] = (1.0 if power == 1 else 2.0 * z) * gs if hit else 0.0
+                lanes_add(lanes, gb)
+            grow[y] = -lane_sum(lanes)
         total += l
         if vals is not None:
             vals[r] = l
