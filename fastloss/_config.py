@@ -8,6 +8,7 @@ vectorises without reassociation. 'nnan'/'ninf' (and fastmath=True) are never us
 and Inf must propagate as IEEE arithmetic says.
 """
 import os
+import threading
 
 #: Lanes of a vectorised reduction: element i of a block is added into lane i % LANES.
 LANES = 64
@@ -90,3 +91,10 @@ CUDA_FAST_LAUNCH = True
 #: NaN and Inf must propagate as on the CPU. (The simulator ignores what it does not know.)
 CUDA_SCALAR = dict(device=True, forceinline=True)
 CUDA_KERNEL = dict()
+
+
+#: Held around every parallel (prange) launch. Numba's threading layers are not all safe for
+#: launches from several Python threads at once (the workqueue layer aborts the process), and a
+#: parallel launch already uses every core: callers on many threads queue here, while serial
+#: (small) calls, which release the GIL, run side by side.
+PARALLEL_LOCK = threading.Lock()

@@ -179,17 +179,18 @@ class ElementwiseLoss(Loss):
                                                          dtype)
         return mod
 
-    def cuda_kernels(self, array_params=(), ct="float64"):
-        """The generated CUDA kernel module for the options given as arrays (``array_params``)
-        and compute dtype ``ct`` (built on first use, one per combination; see kernels/cuda_elementwise.py)."""
+    def cuda_kernels(self, array_params=(), ct="float64", static=()):
+        """The generated CUDA kernel module for the options given as arrays (``array_params``),
+        compute dtype ``ct`` and (name, value) of the boolean options (``static``, constants as on
+        the CPU); built on first use, one per combination (see kernels/cuda_elementwise.py)."""
         from .kernels import cuda_helpers
-        key = (tuple(array_params), ct, _config.CUDA_BLOCK, cuda_helpers.use_shuffles())
+        key = (tuple(array_params), ct, tuple(static), _config.CUDA_BLOCK, cuda_helpers.use_shuffles())
         mods = self.__dict__.setdefault("_cuda", {})
         mod = mods.get(key)
         if mod is None:
             from .kernels import cuda_elementwise
             mod = mods[key] = cuda_elementwise.build(self.name, self.value_fn, self.deriv_fn, self.kernel_options(),
-                                                     self.target_flags, array_params, ct)
+                                                     self.target_flags, array_params, ct, dict(static))
         return mod
 
     def kernel_options(self):
@@ -256,12 +257,13 @@ class ElementwiseLoss(Loss):
         else:
             fl = np.empty(nchunks, dtype=np.int64)
             sums = np.empty(nchunks, dtype=np.float64)
-            if op == VALUE:
-                k.value_par(pf, tf, wf, vals, *params, sums, fl, _config.CHUNK)
-            elif op == GRAD:
-                k.grad_par(pf, tf, wf, grad, scale, *params, fl, _config.CHUNK)
-            else:
-                k.both_par(pf, tf, wf, vals, grad, scale, *params, sums, fl, _config.CHUNK)
+            with _config.PARALLEL_LOCK:
+                if op == VALUE:
+                    k.value_par(pf, tf, wf, vals, *params, sums, fl, _config.CHUNK)
+                elif op == GRAD:
+                    k.grad_par(pf, tf, wf, grad, scale, *params, fl, _config.CHUNK)
+                else:
+                    k.both_par(pf, tf, wf, vals, grad, scale, *params, sums, fl, _config.CHUNK)
             total = float(sums.sum()) if op != GRAD else 0.0
             flags = int(np.bitwise_or.reduce(fl))
         if flags and self.flags_error is not None:

@@ -66,7 +66,8 @@ class _RowLoss(Loss):
         if nchunks <= 1:
             return rows_fn(*head, vals, grad, scale, 0, R)
         sums = np.empty(nchunks, dtype=np.float64)
-        par_fn(*head, vals, grad, scale, sums, rows_per_chunk)
+        with _config.PARALLEL_LOCK:
+            par_fn(*head, vals, grad, scale, sums, rows_per_chunk)
         return float(sums.sum())
 
     @staticmethod
