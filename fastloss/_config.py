@@ -72,8 +72,9 @@ CUDA_ROW_THREAD_MAX_C = 32
 #: many classes on.
 CUDA_ROW_BLOCK_MIN_C = 1024
 
-#: Check class labels on the device (one 8-byte read after the launch, which waits for the
-#: caller's stream). False skips the read: rows with bad labels then give NaN silently.
+#: Check class labels on the device: a small kernel over the labels, then one 8-byte read that
+#: waits for the caller's stream (after the row kernel; before it when ``out=`` is given, so that
+#: bad labels leave ``out`` untouched). False skips both: rows with bad labels then give NaN.
 CUDA_CHECK_LABELS = True
 
 #: Use warp shuffles in block reductions (real GPUs). The CUDA simulator has none, so it always

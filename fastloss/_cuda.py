@@ -39,6 +39,7 @@ cuda = None  # numba.cuda, once initialised
 SIM = False
 _NGPUS = 1
 _FakeCUDAArray = None
+_NB_DEFAULT = 0  # the stream of Numba-family calls without stream=
 
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 _I64 = np.dtype(np.int64)
@@ -50,6 +51,10 @@ TORCH, CUPY, NUMBA, SIMF = "torch", "cupy", "numba", "sim"
 def _init():
     """Import numba-cuda and check that it can reach a GPU (or is the simulator)."""
     global cuda, SIM, _NGPUS, _FakeCUDAArray
+    if not hasattr(np, "row_stack"):
+        # numba-cuda 0.30 registers an overload of np.row_stack when it first compiles; NumPy 2.5
+        # removed that alias of vstack, and without it no CUDA kernel compiles.
+        np.row_stack = np.vstack
     try:
         from numba import config
         from numba import cuda as nbcuda
@@ -72,6 +77,12 @@ def _init():
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
         _FakeCUDAArray = FakeCUDAArray
         _NGPUS = 1
+    global _NB_DEFAULT
+    try:  # Numba's own default stream: per-thread (handle 2) when so configured, else legacy (0)
+        from numba.cuda.core import config as nbconfig
+        _NB_DEFAULT = 2 if getattr(nbconfig, "CUDA_PER_THREAD_DEFAULT_STREAM", 0) else 0
+    except Exception:  # pragma: no cover
+        _NB_DEFAULT = 0
     SIM = sim
     cuda = nbcuda
 
@@ -343,7 +354,13 @@ class _Call:
     def nb_stream(self):
         s = _NB_STREAMS.get(self.h)
         if s is None:
-            s = _NB_STREAMS[self.h] = cuda.external_stream(self.h) if self.h else cuda.legacy_default_stream()
+            if self.h == 0:
+                s = cuda.legacy_default_stream()
+            elif self.h == 2:
+                s = cuda.per_thread_default_stream()
+            else:
+                s = cuda.external_stream(self.h)
+            _NB_STREAMS[self.h] = s
         return s
 
     def to_host(self, b):
@@ -367,7 +384,7 @@ def _stream_handle(stream, ref):
                 return int(torch.cuda.current_stream(ref.owner.device).cuda_stream)
         if ref.fam is CUPY:
             return int(sys.modules["cupy"].cuda.get_current_stream().ptr)
-        return 0
+        return _NB_DEFAULT
     if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
         return int(stream)
     h = getattr(stream, "cuda_stream", None)  # torch
@@ -521,11 +538,11 @@ def _common():
     return m
 
 
-def _elementwise_module(loss, mask, ct):
-    key = (loss, mask, ct) + _cfgkey()
+def _elementwise_module(loss, mask, ct, static):
+    key = (loss, mask, ct, static) + _cfgkey()
     m = _MODS.get(key)
     if m is None:
-        m = _MODS[key] = loss.cuda_kernels(mask, ct)
+        m = _MODS[key] = loss.cuda_kernels(mask, ct, static)
     return m
 
 
@@ -556,11 +573,14 @@ def _sim_window(a, min_off, extent):
 def _gather(base, shape, strides, flat, cx, scatter=False):
     """flat[i] = base[element i of the view (shape, strides)], i in C order (scatter: the reverse).
 
-    ``strides`` are element strides from ``base.ptr`` (any sign, 0 for broadcast dimensions)."""
+    ``strides`` are element strides from ``base.ptr`` (any sign, 0 for broadcast dimensions;
+    None: C-contiguous)."""
     from .kernels.cuda_helpers import MAXDIM
     n = _prod(shape)
     if n == 0:
         return
+    if strides is None:
+        strides = _c_strides(shape)
     if len(shape) > MAXDIM:
         raise ValueError(f"{cx.loss.name}: non-contiguous arrays of more than {MAXDIM} dimensions are not "
                          "supported on the GPU; make them contiguous first")
@@ -758,19 +778,22 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     if sample_weight is not None:
         w, wdiv, winner, wmul = _elementwise_weights(loss, sample_weight, shape, opts, cx)
 
-    params, mask = [], ()
+    # Options: scalars travel as float64 and are cast to the compute dtype in the kernel (as the
+    # CPU passes them in the compute dtype); arrays as device arrays; booleans are constants of
+    # the generated module, as on the CPU.
+    params, mask, static = [], (), ()
     for o in loss.options:
         if o.host:
             continue
         v = opts[o.name]
-        if isinstance(v, (float, np.floating)):
+        if o.kind is bool:
+            static += ((o.name, bool(v)),)
+        elif isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, (bool, np.bool_)):
             params.append(float(v))
-        elif isinstance(v, (bool, np.bool_, int, np.integer)):
-            params.append(int(v))
         else:
             params.append(_option_array(loss, o, v, shape, cx))
             mask += (o.name,)
-    mod = _elementwise_module(loss, mask, ct)
+    mod = _elementwise_module(loss, mask, ct, static)
 
     g = _grid(n, cx)
     reduce_val = op != GRAD and reduction != "none"

@@ -14,9 +14,11 @@ grid finishes in the kernel (0-d result, flags); a larger one writes per-block p
 
 Kernel launches cannot pass ``None``, so absent arrays are passed with size 0 and the kernels
 test ``x.shape[0] != 0`` (uniform branches, no cost on memory-bound loops). Which options are
-arrays is decided in the text (``opt[i]`` or ``opt``): one module per loss and array-ness of its
-options, compute dtype (float32 for float16/float32 data, float64 for float64), block size and
-reduction path. Every module is compiled once per argument dtypes and cached on disk.
+arrays is decided in the text (``opt[i]`` or ``opt``), and boolean options are constants in it:
+one module per loss, array-ness of its options, boolean option values, compute dtype (float32
+for float16/float32 data, float64 for float64), block size and reduction path. The scalar math
+computes in the compute dtype (its float literals are typed, as on the CPU); sums accumulate in
+float64. Every module is compiled once per argument dtypes and cached on disk.
 """
 from . import codegen, cuda_helpers
 
@@ -115,12 +117,13 @@ _BOTH = """\
 """
 
 
-def _loop(part, value, deriv, param_names, array_params, flags, acc):
+def _loop(part, value, deriv, pnames, static, array_params, flags, acc):
     """The unrolled grid-stride loop of one kernel, and its one-element tail. Both elements are
     loaded before either is stored: a store may alias a later load (out=pred), so the compiler
     could not move the second load above the first store itself."""
     def elem(k, ix):
-        pi = ", ".join(f"CT({n}[{ix}])" if n in array_params else n for n in param_names)
+        pi = ", ".join(repr(static[n]) if n in static else (f"CT({n}[{ix}])" if n in array_params else f"CT({n})")
+                       for n in pnames)
         text = part.format(k=k, ix=ix, value=value, deriv=deriv, PI=pi)
         if acc:
             text += f"        acc += float64(l{k})\n"
@@ -132,21 +135,25 @@ def _loop(part, value, deriv, param_names, array_params, flags, acc):
             + "    if i < n:\n" + _LOAD.format(k=0, ix="i") + elem(0, "i"))
 
 
-def build(name, value, deriv, param_names, target_flags=None, array_params=(), ct="float64"):
+def build(name, value, deriv, param_names, target_flags=None, array_params=(), ct="float64", static=None):
     """Generate (once) and import the CUDA kernel module of an elementwise loss.
 
-    ``array_params``: the names of the options passed as per-element arrays in this call (each
-    array-ness is its own module text); ``ct``: "float32" or "float64", the compute dtype.
+    ``array_params``: the options passed as per-element arrays in this call (each array-ness is
+    its own module text); ``ct``: "float32" or "float64", the compute dtype, which the scalar
+    math's float literals and scalar options take (as on the CPU: float32 data is computed in
+    float32, sums in float64); ``static``: boolean options written into the text as constants.
     """
-    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags})
+    static = dict(static or {})
+    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags}, typed_floats=True)
     array_params = set(array_params)
-    p = "".join(f"{n}, " for n in param_names)
+    pnames = list(param_names)
+    p = "".join(f"{n}, " for n in pnames if n not in static)
     fl = src.names["flags"] if target_flags is not None else None
     v, d = src.names["value"], src.names["deriv"]
     body = _BODY.format(scalars=src.text, reductions=cuda_helpers.reductions(), P=p,
-                        VALUE_LOOP=_loop(_VALUE, v, d, param_names, array_params, fl, True),
-                        GRAD_LOOP=_loop(_GRAD, v, d, param_names, array_params, fl, False),
-                        BOTH_LOOP=_loop(_BOTH, v, d, param_names, array_params, fl, True))
+                        VALUE_LOOP=_loop(_VALUE, v, d, pnames, static, array_params, fl, True),
+                        GRAD_LOOP=_loop(_GRAD, v, d, pnames, static, array_params, fl, False),
+                        BOTH_LOOP=_loop(_BOTH, v, d, pnames, static, array_params, fl, True))
     header = cuda_helpers.header(ct=ct, imports=src.imports)
-    tag = "".join("a" if n in array_params else "s" for n in param_names)
+    tag = "".join("a" if n in array_params else ("s" if n not in static else str(int(static[n]))) for n in pnames)
     return codegen.load_module(f"cuda_{name}_{ct}{'_' + tag if tag else ''}", header, body, src.injected)

@@ -36,6 +36,7 @@ BLOCK = {block}
 NWARPS = BLOCK // 32
 GS = {group}
 CT = {ct}
+FLOAT = CT  # float literals of the scalar math (codegen typed_floats): computed in the compute dtype
 NEG_INF = CT(-math.inf)
 FULL_MASK = 0xFFFFFFFF
 SCALAR_JIT = cuda.jit(**{scalar_opts!r})
