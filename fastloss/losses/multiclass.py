@@ -70,8 +70,24 @@ class _RowLoss(Loss):
             par_fn(*head, vals, grad, scale, sums, rows_per_chunk)
         return float(sums.sum())
 
+    def _rows_setup(self, op, p, w, reduction, opts, out_np, cdt):
+        """The common start of a row loss: pred as (R, C) rows of the compute dtype, class and
+        row weights, and the output buffers (per-row values for "none", the gradient)."""
+        axis = _class_axis(self.name, p, opts["axis"])
+        x, moved_shape = self._as_rows(p, axis, cdt)
+        R, C = x.shape
+        lead = moved_shape[:-1]
+        cw = self._class_weight(opts["class_weight"], C)
+        sw = self._row_weight(w, lead)
+        vals = np.empty(R, dtype=np.float64) if reduction == "none" and op != GRAD else None
+        grad = _grad_buffer(op, out_np, axis, p.ndim, R, C, cdt)
+        return axis, x, R, C, lead, cw, sw, vals, grad
+
     @staticmethod
-    def _finish(op, reduction, total, wsum, vals, grad, lead, moved_shape, axis, ndim, out_np, rdt):
+    def _finish(op, reduction, total, wsum, rows, p, out_np, rdt):
+        axis, x, R, C, lead, cw, sw, vals, grad = rows
+        moved_shape = lead + (C,)
+        ndim = p.ndim
         value = None
         if op != GRAD:
             if reduction == "none":
@@ -110,15 +126,9 @@ class CrossEntropy(_RowLoss):
 
     def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
         from ..kernels import cpu_rows
-        axis = _class_axis(self.name, p, opts["axis"])
-        x, moved_shape = self._as_rows(p, axis, cdt)
-        R, C = x.shape
-        lead = moved_shape[:-1]
-        cw = self._class_weight(opts["class_weight"], C)
-        sw = self._row_weight(w, lead)
+        rows = self._rows_setup(op, p, w, reduction, opts, out_np, cdt)
+        axis, x, R, C, lead, cw, sw, vals, grad = rows
         eps = opts["label_smoothing"]
-        vals = np.empty(R, dtype=np.float64) if reduction == "none" and op != GRAD else None
-        grad = _grad_buffer(op, out_np, axis, p.ndim, R, C, cdt)
         if t.dtype.kind in "iu":
             ignore = opts["ignore_index"]
             labels = self._labels(t, lead, C, ignore)
@@ -146,7 +156,7 @@ class CrossEntropy(_RowLoss):
             total = self._launch(cpu_rows.ce_probs_rows, cpu_rows.ce_probs_par, head, vals, grad, scale, R, C)
         else:
             raise TypeError(f"{self.name}: target must be integer labels or real probabilities, got dtype {t.dtype}")
-        return self._finish(op, reduction, total, wsum, vals, grad, lead, moved_shape, axis, p.ndim, out_np, rdt)
+        return self._finish(op, reduction, total, wsum, rows, p, out_np, rdt)
 
 
 class MultiMargin(_RowLoss):
@@ -159,20 +169,14 @@ class MultiMargin(_RowLoss):
 
     def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
         from ..kernels import cpu_rows
-        axis = _class_axis(self.name, p, opts["axis"])
-        x, moved_shape = self._as_rows(p, axis, cdt)
-        R, C = x.shape
-        lead = moved_shape[:-1]
-        cw = self._class_weight(opts["class_weight"], C)
-        sw = self._row_weight(w, lead)
+        rows = self._rows_setup(op, p, w, reduction, opts, out_np, cdt)
+        axis, x, R, C, lead, cw, sw, vals, grad = rows
         labels = self._labels(t, lead, C)
-        vals = np.empty(R, dtype=np.float64) if reduction == "none" and op != GRAD else None
-        grad = _grad_buffer(op, out_np, axis, p.ndim, R, C, cdt)
         wsum = float(R) if sw is None else float(sw.sum())
         scale = _grad_scale(wsum, reduction)
         head = (x, labels, cw, sw, int(opts["p"]), opts["margin"])
         total = self._launch(cpu_rows.multi_margin_rows, cpu_rows.multi_margin_par, head, vals, grad, scale, R, C)
-        return self._finish(op, reduction, total, wsum, vals, grad, lead, moved_shape, axis, p.ndim, out_np, rdt)
+        return self._finish(op, reduction, total, wsum, rows, p, out_np, rdt)
 
 
 # -- kl_div: elementwise math, per-row weights -----------------------------------------------------
