@@ -40,3 +40,13 @@ def check_vg_consistent(v, g, vg, backend=NUMPY):
     v2, g2 = vg
     assert same_bits(backend.to_numpy(v2), backend.to_numpy(v)), (v2, v)
     assert same_bits(backend.to_numpy(g2), backend.to_numpy(g))
+
+
+def check_vg_matches(vg, ev, eg, dtype, reduction, none_shape, shape, backend=NUMPY, factor=1.0,
+                     msg=""):
+    """value_and_grad against the reference (exact equality with __call__/.grad is tested
+    separately, in the invariant tests)."""
+    assert isinstance(vg, tuple) and len(vg) == 2, type(vg)
+    check_value(vg[0], ev, dtype, reduction, none_shape, backend=backend, factor=factor,
+                msg="vg " + msg)
+    check_grad(vg[1], eg, dtype, shape, backend=backend, factor=factor, msg="vg " + msg)

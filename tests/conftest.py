@@ -155,7 +155,7 @@ class TorchBackend(Backend):
             a = np.asarray(x)
             if a.dtype.byteorder not in "=|":
                 a = a.astype(a.dtype.newbyteorder("="))
-            return self.torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+            return self.torch.from_numpy(a.copy(order="C")).to(self.device)
         return x
 
     def to_numpy(self, x):

@@ -202,9 +202,10 @@ def sigmoid_focal(pred, target, alpha=0.25, gamma=2.0, reduction="mean", sample_
     x = _f64(pred)
     t = _f64(target)
     p = _sigmoid(x)
-    ce = _softplus(x) - t * x
-    m = p * (1.0 - t) + t * (1.0 - p)  # 1 - p_t, without cancellation
-    dm = -p * (1.0 - p) * (2.0 * t - 1.0)  # d m / dx
+    q = _sigmoid(-x)  # 1 - p, accurate when p is close to 1
+    ce = (1.0 - t) * _softplus(x) + t * _softplus(-x)  # = softplus(x) - t x, no cancellation
+    m = p * (1.0 - t) + t * q  # 1 - p_t, without cancellation
+    dm = -p * q * (2.0 * t - 1.0)  # d m / dx
     mg = m ** gamma
     if gamma == 0.0:
         dmg = np.zeros_like(m)
@@ -212,7 +213,7 @@ def sigmoid_focal(pred, target, alpha=0.25, gamma=2.0, reduction="mean", sample_
         with np.errstate(divide="ignore", invalid="ignore"):
             dmg = np.where(m > 0, gamma * m ** (gamma - 1.0) * dm, 0.0)
     l = ce * mg
-    g = (p - t) * mg + ce * dmg
+    g = (p * (1.0 - t) - t * q) * mg + ce * dmg  # p - t, accurate near p = 1
     if alpha >= 0:
         at = alpha * t + (1.0 - alpha) * (1.0 - t)
         l = at * l
@@ -318,7 +319,8 @@ def multi_margin(pred, target, p=1, margin=1.0, class_weight=None, axis=-1, redu
 def kl_div(pred, target, log_target=False, axis=-1, reduction="mean", sample_weight=None):
     """torch.nn.functional.kl_div with pred = log-probabilities:
         pointwise = t (log t - pred)  (0 where t == 0);  log_target: exp(t) (t - pred)
-    Row loss L_r = sum over the class axis. "none" gives w_r L_r (per row), "sum" sum_r w_r L_r,
+    Row loss L_r = sum over the class axis. "none" gives w_r * pointwise (pred's shape, as
+    PyTorch, each row weight applied to the row's C elements), "sum" sum_r w_r L_r,
     "mean" sum_r w_r L_r / (C sum_r w_r), "batchmean" (sum_r w_r L_r / sum_r w_r) R / pred.shape[0]
     (unweighted: total / pred.shape[0])."""
     pred_shape = np.shape(pred)
@@ -347,6 +349,8 @@ def kl_div(pred, target, log_target=False, axis=-1, reduction="mean", sample_wei
         v = float(np.sum(sw * L)) * scale
         gr = sw[..., None] * g * scale
         return v, np.moveaxis(gr, -1, axis)
+    if reduction == "none":
+        return np.moveaxis(sw[..., None] * pw, -1, axis), np.moveaxis(sw[..., None] * g, -1, axis)
     v, gr = _row_weighted(L, g, reduction, sw, sw * C)
     return v, np.moveaxis(gr, -1, axis)
 

@@ -7,7 +7,7 @@ import pytest
 import reference as ref
 from _cases import (ELEMENTWISE, call_all, case_id, elementwise_cases, elementwise_data,
                     sample_weight)
-from _checks import check_grad, check_value, check_vg_consistent, same_bits
+from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches, same_bits
 from conftest import assert_close
 
 REDUCTIONS = ["mean", "sum", "none"]
@@ -25,7 +25,7 @@ def _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng, facto
     msg = f"{name} {kw} {reduction} {dtype} {shape} weighted={weighted}"
     check_value(v, ev, dtype, reduction, shape, factor=factor, msg=msg)
     check_grad(g, eg, dtype, shape, factor=factor, msg=msg)
-    check_vg_consistent(v, g, vg)
+    check_vg_matches(vg, ev, eg, dtype, reduction, shape, shape, factor=factor, msg=msg)
     assert same_bits(pred, pc) and same_bits(target, tc), "inputs were modified"
 
 
@@ -241,13 +241,21 @@ def test_logit_losses_no_overflow(fl, name, dtype, big):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bce_with_logits_moderate_extremes(fl, dtype):
-    """log(1 + e^-x) for large x must not lose the tiny value to cancellation."""
-    pred = np.array([40.0, 20.0, -20.0, -40.0], dtype=dtype)
-    target = np.array([1.0, 1.0, 0.0, 0.0], dtype=dtype)
-    v = fl.bce_with_logits(pred, target, reduction="none")
+def test_logit_losses_confident_predictions_keep_relative_accuracy(fl, dtype):
+    """Confident correct predictions give tiny losses (log(1 + e^-40) = 4.2e-18); a stable
+    form keeps them to relative accuracy instead of rounding them to 0 (PyTorch's formula
+    loses them for negatives)."""
+    pred = np.array([40.0, 20.0, -20.0, -40.0, 5.0, -5.0], dtype=dtype)
+    target = np.array([1.0, 1.0, 0.0, 0.0, 1.0, 0.0], dtype=dtype)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    v = np.asarray(fl.bce_with_logits(pred, target, reduction="none"), dtype=np.float64)
     expected = np.log1p(np.exp(-np.abs(pred.astype(np.float64))))
-    np.testing.assert_allclose(np.asarray(v, dtype=np.float64), expected, rtol=1e-4)
+    np.testing.assert_allclose(v, expected, rtol=rtol, atol=0)
+    v = np.asarray(fl.sigmoid_focal(pred, target, reduction="none"), dtype=np.float64)
+    expected = ref.sigmoid_focal(pred, target, reduction="none")[0]
+    keep = expected > (1e-37 if dtype == np.float32 else 0.0)  # float32 underflows
+    assert np.all(v >= 0) and np.all(v[keep] > 0)
+    np.testing.assert_allclose(v[keep], expected[keep], rtol=rtol * 10, atol=0)
 
 
 def test_bce_clamps_logs(fl):
@@ -393,7 +401,7 @@ def test_backend(fl, backend, name, reduction, dtype, weighted, rng):
     v, g, vg = call_all(loss, P, T, reduction=reduction, sample_weight=W, **kw)
     check_value(v, ev, dtype, reduction, shape, backend=backend)
     check_grad(g, eg, dtype, shape, backend=backend)
-    check_vg_consistent(v, g, vg, backend=backend)
+    check_vg_matches(vg, ev, eg, dtype, reduction, shape, shape, backend=backend)
     assert same_bits(backend.to_numpy(P), pred), "input modified"
 
 
@@ -417,3 +425,111 @@ def test_backend_0d(fl, backend):
     backend.check_scalar(v, np.float64)
     assert float(backend.to_numpy(v)) == 1.0
     assert float(backend.to_numpy(g)) == 2.0
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_value_and_grad_is_exactly_call_and_grad(fl, name, reduction, dtype, weighted, rng):
+    """Invariant: value_and_grad returns bit-for-bit (__call__, .grad)."""
+    pred, target, kw = elementwise_data(name, (1001,), dtype, rng)
+    sw = sample_weight(rng, (1001,), dtype) if weighted else None
+    v, g, vg = call_all(getattr(fl, name), pred, target, reduction=reduction, sample_weight=sw,
+                        **kw)
+    check_vg_consistent(v, g, vg)
+
+
+# --------------------------------------------------------------------------------------------
+# large inputs (the chunked / parallel code path: more than one chunk of elements)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("name", ELEMENTWISE)
+def test_large_input(fl, name, weighted, rng):
+    shape = (300, 337)  # 101100 elements: several chunks, odd sizes
+    pred, target, kw = elementwise_data(name, shape, np.float64, rng)
+    sw = sample_weight(rng, shape) if weighted else None
+    loss = getattr(fl, name)
+    for red in REDUCTIONS:
+        ev, eg = ref.ELEMENTWISE[name](pred, target, reduction=red, sample_weight=sw, **kw)
+        v, g = loss.value_and_grad(pred, target, reduction=red, sample_weight=sw, **kw)
+        check_value(v, ev, np.float64, red, shape, factor=10, msg=red)
+        check_grad(g, eg, np.float64, shape, msg=red)
+        check_value(loss(pred, target, reduction=red, sample_weight=sw, **kw), ev, np.float64,
+                    red, shape, factor=10, msg=red)
+
+
+@pytest.mark.parametrize("name", ["mse", "log_cosh", "bce_with_logits"])
+def test_large_input_float32_strided(fl, name, rng):
+    pred, target, kw = elementwise_data(name, (200001,), np.float32, rng)
+    sw = sample_weight(rng, (200001,), np.float32)
+    P = np.repeat(pred, 2)[::2]
+    ev, eg = ref.ELEMENTWISE[name](pred, target, sample_weight=sw, **kw)
+    v, g = getattr(fl, name).value_and_grad(P, target[::-1].copy()[::-1], sample_weight=sw,
+                                            **kw)
+    check_value(v, ev, np.float32, "mean", None)
+    check_grad(g, eg, np.float32, (200001,))
+
+
+def test_large_input_repeatable(fl, rng):
+    pred = rng.standard_normal(300_000).astype(np.float32)
+    target = rng.standard_normal(300_000).astype(np.float32)
+    a = fl.huber(pred, target, reduction="sum")
+    for _ in range(3):
+        assert same_bits(fl.huber(pred, target, reduction="sum"), a)
+
+
+# --------------------------------------------------------------------------------------------
+# misc
+# --------------------------------------------------------------------------------------------
+
+
+def test_sample_weight_as_list(fl):
+    v = fl.mse(np.array([1.0, 2.0, 3.0]), np.zeros(3), sample_weight=[1.0, 0.0, 3.0])
+    assert_close(v, (1.0 + 27.0) / 4.0, np.float64)
+
+
+def test_nan_in_sample_weight_propagates(fl):
+    v = fl.mse(np.array([1.0, 2.0]), np.zeros(2), sample_weight=np.array([1.0, np.nan]))
+    assert np.isnan(v)
+
+
+def test_float32_pred_float64_weight_keeps_pred_dtype(fl, rng):
+    pred = rng.standard_normal(5).astype(np.float32)
+    v, g = fl.mse.value_and_grad(pred, np.zeros(5), sample_weight=np.ones(5))
+    assert type(v) is np.float32 and g.dtype == np.float32
+
+
+def test_float16_values_overflowing_float16(fl):
+    """float16 computed in float32: an intermediate above 65504 is fine when the result fits."""
+    pred = np.array([300.0, 0.0], dtype=np.float16)
+    target = np.zeros(2, dtype=np.float16)
+    v = fl.mse(pred, target, reduction="sum")  # 90000: overflows float16 -> inf
+    assert type(v) is np.float16 and np.isposinf(v)
+    m = fl.log_cosh(pred, target)  # (300 - log 2) / 2, fits
+    assert type(m) is np.float16
+    assert abs(float(m) - (300 - np.log(2)) / 2) < 0.2
+
+
+def test_torch_requires_grad_tensor_is_accepted(fl, torch, rng):
+    p = torch.tensor(rng.standard_normal(6), requires_grad=True)
+    t = torch.tensor(rng.standard_normal(6))
+    v, g = fl.mse.value_and_grad(p, t)
+    ev, eg = ref.mse(p.detach().numpy(), t.numpy())
+    assert isinstance(v, torch.Tensor) and isinstance(g, torch.Tensor)
+    assert_close(v.detach().numpy(), ev, np.float64)
+    assert_close(g.detach().numpy(), eg, np.float64)
+
+
+def test_torch_noncontiguous_and_int_pred(fl, torch, rng):
+    base = torch.tensor(rng.standard_normal((5, 8)))
+    p = base.t()  # non-contiguous view
+    t = torch.zeros(8, 5, dtype=torch.float64)
+    v, g = fl.huber.value_and_grad(p, t)
+    ev, eg = ref.huber(p.numpy(), t.numpy())
+    assert_close(v.numpy(), ev, np.float64)
+    assert_close(g.numpy(), eg, np.float64)
+    with pytest.raises(TypeError, match="pred"):
+        fl.mse(torch.arange(4), torch.zeros(4))

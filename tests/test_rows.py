@@ -4,7 +4,7 @@ import pytest
 
 import reference as ref
 from _cases import ROWS, call_all, case_id, lead_shape, row_cases, row_data, sample_weight
-from _checks import check_grad, check_value, check_vg_consistent, same_bits
+from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches, same_bits
 from conftest import assert_close
 
 SHAPES = [(5,), (1, 5), (7, 5), (0, 5), (4, 3, 6), (257, 10), (4, 1)]
@@ -36,9 +36,10 @@ def _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng, axis=
     v, g, vg = call_all(loss, pred, target, reduction=reduction, sample_weight=sw, **kw)
     ev, eg = ref.ROWS[name](pred, target, reduction=reduction, sample_weight=sw, **kw)
     msg = f"{name} {kw} {reduction} {dtype} {shape} weighted={weighted}"
-    check_value(v, ev, dtype, reduction, lead, factor=factor, msg=msg)
+    none_shape = shape if name == "kl_div" else lead  # kl_div's "none" is elementwise
+    check_value(v, ev, dtype, reduction, none_shape, factor=factor, msg=msg)
     check_grad(g, eg, dtype, shape, factor=factor, msg=msg)
-    check_vg_consistent(v, g, vg)
+    check_vg_matches(vg, ev, eg, dtype, reduction, none_shape, shape, factor=factor, msg=msg)
     assert same_bits(pred, pc) and same_bits(target, tc), "inputs were modified"
 
 
@@ -61,19 +62,20 @@ def test_options(fl, name, opts, reduction, dtype, shape, weighted, rng):
     _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng)
 
 
+_AXIS_CASES = [("cross_entropy", {}, "ce"),
+               ("cross_entropy", {"_probs": True, "label_smoothing": 0.1}, "ce-probs"),
+               ("cross_entropy", {"_ignore": True, "class_weight": "array"}, "ce-ign-cw"),
+               ("multi_margin", {"p": 2}, "mm"), ("kl_div", {}, "kl")]
+
+
 @pytest.mark.parametrize("axis,shape", [(0, (5, 7)), (1, (4, 6, 3)), (0, (6, 2, 3)),
                                         (-2, (3, 5, 4))], ids=["0of2d", "1of3d", "0of3d", "-2of3d"])
-@pytest.mark.parametrize("name,opts", [("cross_entropy", {}),
-                                       ("cross_entropy", {"_probs": True,
-                                                          "label_smoothing": 0.1}),
-                                       ("cross_entropy", {"_ignore": True,
-                                                          "class_weight": "array"}),
-                                       ("multi_margin", {"p": 2}), ("kl_div", {})],
-                         ids=["ce", "ce-probs", "ce-ign-cw", "mm", "kl"])
+@pytest.mark.parametrize("name,opts,reduction",
+                         [pytest.param(n, o, r, id=f"{i}-{r}") for n, o, i in _AXIS_CASES
+                          for r in reductions(n)])
 @pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
-def test_axis(fl, name, opts, axis, shape, weighted, rng):
-    for red in reductions(name):
-        _run_and_check(fl, name, opts, shape, np.float64, red, weighted, rng, axis=axis)
+def test_axis(fl, name, opts, axis, shape, weighted, reduction, rng):
+    _run_and_check(fl, name, opts, shape, np.float64, reduction, weighted, rng, axis=axis)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -267,7 +269,7 @@ def test_sum_equals_sum_of_none(fl, name, rng):
     pred, target, kw = row_data(name, (6, 5), np.float64, rng, {})
     loss = getattr(fl, name)
     n = loss(pred, target, reduction="none", **kw)
-    assert n.shape == (6,)
+    assert n.shape == ((6, 5) if name == "kl_div" else (6,))
     assert_close(loss(pred, target, reduction="sum", **kw), np.sum(n), np.float64)
     assert_close(loss.grad(pred, target, reduction="sum", **kw),
                  loss.grad(pred, target, reduction="none", **kw), np.float64)
@@ -294,6 +296,67 @@ def test_backend(fl, backend, name, opts, reduction, dtype, weighted, rng):
     P, T, W = backend.to_backend(pred), backend.to_backend(target), backend.to_backend(sw)
     loss = getattr(fl, name)
     v, g, vg = call_all(loss, P, T, reduction=reduction, sample_weight=W, **kw)
-    check_value(v, ev, dtype, reduction, (4,), backend=backend)
+    none_shape = shape if name == "kl_div" else (4,)
+    check_value(v, ev, dtype, reduction, none_shape, backend=backend)
     check_grad(g, eg, dtype, shape, backend=backend)
-    check_vg_consistent(v, g, vg, backend=backend)
+    check_vg_matches(vg, ev, eg, dtype, reduction, none_shape, shape, backend=backend)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,opts,reduction",
+                         _params(row_cases(default_only=True)
+                                 + [("cross_entropy", {"_probs": True}),
+                                    ("cross_entropy", {"_ignore": True, "class_weight": "array",
+                                                       "label_smoothing": 0.1})]))
+def test_value_and_grad_is_exactly_call_and_grad(fl, name, opts, reduction, dtype, weighted,
+                                                 rng):
+    """Invariant: value_and_grad returns bit-for-bit (__call__, .grad)."""
+    pred, target, kw = row_data(name, (257, 10), dtype, rng, opts)
+    sw = sample_weight(rng, (257,), dtype) if weighted else None
+    v, g, vg = call_all(getattr(fl, name), pred, target, reduction=reduction, sample_weight=sw,
+                        **kw)
+    check_vg_consistent(v, g, vg)
+
+
+# --------------------------------------------------------------------------------------------
+# large inputs (many rows: the chunked / parallel path)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("name,opts", [("cross_entropy", {}),
+                                       ("cross_entropy", {"_ignore": True,
+                                                          "class_weight": "array",
+                                                          "label_smoothing": 0.1}),
+                                       ("cross_entropy", {"_probs": True}),
+                                       ("multi_margin", {"p": 2}), ("kl_div", {})],
+                         ids=["ce", "ce-ign-cw-ls", "ce-probs", "mm", "kl"])
+def test_large_input(fl, name, opts, weighted, rng):
+    shape = (40001, 7)
+    pred, target, kw = row_data(name, shape, np.float64, rng, opts)
+    sw = sample_weight(rng, (40001,)) if weighted else None
+    loss = getattr(fl, name)
+    for red in ["mean", "sum"] + (["batchmean"] if name == "kl_div" else ["none"]):
+        ev, eg = ref.ROWS[name](pred, target, reduction=red, sample_weight=sw, **kw)
+        v, g = loss.value_and_grad(pred, target, reduction=red, sample_weight=sw, **kw)
+        check_value(v, ev, np.float64, red, shape if name == "kl_div" else (40001,), factor=10,
+                    msg=red)
+        check_grad(g, eg, np.float64, shape, msg=red)
+
+
+def test_large_many_classes(fl, rng):
+    pred = rng.standard_normal((64, 5000)).astype(np.float32)
+    y = rng.integers(0, 5000, 64)
+    ev, eg = ref.cross_entropy(pred, y)
+    v, g = fl.cross_entropy.value_and_grad(pred, y)
+    assert_close(v, ev, np.float32)
+    assert_close(g, eg, np.float32)
+
+
+def test_labels_as_python_objects(fl, rng):
+    pred = rng.standard_normal((3, 4))
+    ev = ref.cross_entropy(pred, np.array([1, 0, 3]))[0]
+    assert_close(fl.cross_entropy(pred, [1, 0, 3]), ev, np.float64)
+    x = rng.standard_normal(4)
+    assert_close(fl.cross_entropy(x, 2), ref.cross_entropy(x, np.int64(2))[0], np.float64)

@@ -1,0 +1,204 @@
+"""User-defined elementwise losses (fl.elementwise_loss) with a pseudo-Huber loss."""
+import math
+
+import numpy as np
+import pytest
+
+from _cases import sample_weight
+from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches
+from conftest import assert_close
+
+
+def ph_value(pred, target, delta):
+    d = (pred - target) / delta
+    return delta * delta * (math.sqrt(1.0 + d * d) - 1.0)
+
+
+def ph_deriv(pred, target, delta):
+    d = pred - target
+    return d / math.sqrt(1.0 + (d / delta) ** 2)
+
+
+def ph_reference(pred, target, delta=1.0, reduction="mean", sample_weight=None):
+    """NumPy float64 pseudo-Huber: value and gradient with the fastloss reduction rules."""
+    d = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
+    l = delta ** 2 * (np.sqrt(1.0 + (d / delta) ** 2) - 1.0)
+    g = d / np.sqrt(1.0 + (d / delta) ** 2)
+    w = np.ones_like(l) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if reduction == "none":
+        return w * l, w * g
+    if reduction == "sum":
+        return float(np.sum(w * l)), w * g
+    W = float(np.sum(w))
+    if W == 0:
+        return float("nan"), np.zeros_like(g)
+    return float(np.sum(w * l)) / W, w * g / W
+
+
+@pytest.fixture(scope="module")
+def pseudo_huber(fl):
+    return fl.elementwise_loss(ph_value, ph_deriv, name="pseudo_huber", params={"delta": 1.0},
+                               doc="Pseudo-Huber loss.")
+
+
+def _data(rng, shape, dtype):
+    p = rng.standard_normal(shape) * 2
+    t = rng.standard_normal(shape)
+    return p.astype(dtype), t.astype(dtype)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (1001,), (0,), (3, 4), (2, 3, 5)],
+                         ids=["0d", "1", "7", "1001", "empty", "3x4", "2x3x5"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_pseudo_huber_matches_reference(pseudo_huber, reduction, dtype, shape, weighted, rng):
+    p, t = _data(rng, shape, dtype)
+    w = sample_weight(rng, shape, dtype) if weighted else None
+    ev, eg = ph_reference(p, t, reduction=reduction, sample_weight=w)
+    v = pseudo_huber(p, t, reduction=reduction, sample_weight=w)
+    g = pseudo_huber.grad(p, t, reduction=reduction, sample_weight=w)
+    vg = pseudo_huber.value_and_grad(p, t, reduction=reduction, sample_weight=w)
+    check_value(v, ev, dtype, reduction, shape)
+    check_grad(g, eg, dtype, shape)
+    check_vg_matches(vg, ev, eg, dtype, reduction, shape, shape)
+
+
+@pytest.mark.parametrize("delta", [0.5, 2.0, 10.0])
+def test_pseudo_huber_param_keyword(pseudo_huber, delta, rng):
+    p, t = _data(rng, (9,), np.float64)
+    for red in ["mean", "none"]:
+        ev, eg = ph_reference(p, t, delta=delta, reduction=red)
+        v, g = pseudo_huber.value_and_grad(p, t, delta=delta, reduction=red)
+        assert_close(v, ev, np.float64)
+        assert_close(g, eg, np.float64)
+        assert_close(pseudo_huber(p, t, delta=delta, reduction=red), ev, np.float64)
+        assert_close(pseudo_huber.grad(p, t, delta=delta, reduction=red), eg, np.float64)
+
+
+def test_pseudo_huber_default_param_is_used(pseudo_huber, rng):
+    p, t = _data(rng, (5,), np.float64)
+    assert_close(pseudo_huber(p, t), ph_reference(p, t, delta=1.0)[0], np.float64)
+    assert_close(pseudo_huber(p, t), pseudo_huber(p, t, delta=1.0), np.float64)
+    assert not np.isclose(pseudo_huber(p, t), pseudo_huber(p, t, delta=3.0))
+
+
+def test_pseudo_huber_float16(pseudo_huber, rng):
+    p, t = _data(rng, (6,), np.float16)
+    ev, eg = ph_reference(p, t)
+    v, g = pseudo_huber.value_and_grad(p, t)
+    check_value(v, ev, np.float16, "mean", (6,))
+    check_grad(g, eg, np.float16, (6,))
+
+
+def test_pseudo_huber_limits(pseudo_huber):
+    """Small residuals: ~ d^2/2; large: ~ delta (|d| - delta)."""
+    p = np.array([1e-4, 1e6])
+    t = np.zeros(2)
+    v = np.asarray(pseudo_huber(p, t, reduction="none", delta=1.0))
+    assert_close(v[0], 0.5e-8, np.float64, factor=1e4)
+    np.testing.assert_allclose(v[1], 1e6 - 1.0, rtol=1e-9)
+
+
+def test_pseudo_huber_check_grad(fl, pseudo_huber, rng):
+    p, t = _data(rng, (3, 4), np.float64)
+    res = fl.check_grad(pseudo_huber, p, t, delta=0.7)
+    assert res.max_abs_error < 1e-7 and res.max_rel_error < 1e-4
+
+
+def test_pseudo_huber_out_and_layouts(pseudo_huber, rng):
+    p, t = _data(rng, (10,), np.float32)
+    _, eg = ph_reference(p, t, reduction="sum")
+    out = np.empty(10, dtype=np.float32)
+    pseudo_huber.value_and_grad(p, t, reduction="sum", out=out)
+    assert_close(out, eg, np.float32)
+    pb = np.empty(20, dtype=np.float32)
+    pb[::2] = p
+    v, g = pseudo_huber.value_and_grad(pb[::2], t[::-1].copy()[::-1].astype(">f4"),
+                                       reduction="sum")
+    assert_close(g, eg, np.float32)
+
+
+def test_pseudo_huber_torch(torch, pseudo_huber, rng):
+    p, t = _data(rng, (4, 3), np.float64)
+    ev, eg = ph_reference(p, t, delta=1.5)
+    v, g = pseudo_huber.value_and_grad(torch.from_numpy(p), torch.from_numpy(t), delta=1.5)
+    assert isinstance(v, torch.Tensor) and v.dim() == 0
+    assert isinstance(g, torch.Tensor) and tuple(g.shape) == (4, 3)
+    assert_close(v.numpy(), ev, np.float64)
+    assert_close(g.numpy(), eg, np.float64)
+
+
+def test_pseudo_huber_validation(fl, pseudo_huber, rng):
+    p, t = _data(rng, (4,), np.float64)
+    with pytest.raises(TypeError, match="bogus"):
+        pseudo_huber(p, t, bogus=1.0)
+    with pytest.raises(ValueError, match="target"):
+        pseudo_huber(p, t[:3])
+    with pytest.raises(TypeError, match="pred"):
+        pseudo_huber(np.arange(4), t)
+    with pytest.raises(ValueError, match="reduction"):
+        pseudo_huber(p, t, reduction="avg")
+    with pytest.raises(TypeError):
+        pseudo_huber(p, t, "sum")
+
+
+def test_user_loss_without_params(fl, rng):
+    cube = fl.elementwise_loss(lambda p, t: (p - t) ** 4 / 4.0, lambda p, t: (p - t) ** 3)
+    p, t = _data(rng, (8,), np.float64)
+    d = p - t
+    v, g = cube.value_and_grad(p, t, reduction="sum")
+    assert_close(v, np.sum(d ** 4) / 4, np.float64)
+    assert_close(g, d ** 3, np.float64)
+    with pytest.raises(TypeError):
+        cube(p, t, delta=1.0)
+
+
+def test_user_loss_math_functions(fl, rng):
+    """math.* functions inside the user's scalar functions (log-cosh written by hand)."""
+    lc = fl.elementwise_loss(lambda p, t: math.log(math.cosh(p - t)),
+                             lambda p, t: math.tanh(p - t), name="my_log_cosh")
+    p, t = _data(rng, (6,), np.float64)
+    v, g = lc.value_and_grad(p, t)
+    assert_close(v, np.mean(np.log(np.cosh(p - t))), np.float64)
+    assert_close(g, np.tanh(p - t) / 6, np.float64)
+
+
+def test_user_loss_two_params(fl, rng):
+    def val(p, t, a, b):
+        return a * (p - t) ** 2 + b * abs(p - t)
+
+    def der(p, t, a, b):
+        d = p - t
+        return 2 * a * d + b * (1.0 if d > 0 else (-1.0 if d < 0 else 0.0))
+
+    loss = fl.elementwise_loss(val, der, params={"a": 1.0, "b": 0.0})
+    p, t = _data(rng, (7,), np.float64)
+    d = p - t
+    v, g = loss.value_and_grad(p, t, a=0.5, b=2.0, reduction="none")
+    assert_close(v, 0.5 * d ** 2 + 2 * np.abs(d), np.float64)
+    assert_close(g, d + 2 * np.sign(d), np.float64)
+    v, g = loss.value_and_grad(p, t, b=2.0, reduction="none")  # a keeps its default
+    assert_close(v, d ** 2 + 2 * np.abs(d), np.float64)
+    w = sample_weight(rng, (7,))
+    assert_close(loss(p, t, a=0.5, sample_weight=w),
+                 np.sum(w * 0.5 * d ** 2) / np.sum(w), np.float64)
+
+
+def test_two_user_losses_do_not_interfere(fl, rng):
+    a = fl.elementwise_loss(lambda p, t: (p - t) ** 2, lambda p, t: 2 * (p - t))
+    b = fl.elementwise_loss(lambda p, t: 3 * (p - t) ** 2, lambda p, t: 6 * (p - t))
+    p, t = _data(rng, (5,), np.float64)
+    va, vb = a(p, t), b(p, t)
+    assert_close(vb, 3 * np.mean((p - t) ** 2), np.float64)
+    assert_close(va, np.mean((p - t) ** 2), np.float64)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unw", "w"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_value_and_grad_is_exactly_call_and_grad(pseudo_huber, reduction, weighted, rng):
+    p, t = _data(rng, (1001,), np.float64)
+    w = sample_weight(rng, (1001,)) if weighted else None
+    kw = dict(reduction=reduction, sample_weight=w, delta=0.8)
+    check_vg_consistent(pseudo_huber(p, t, **kw), pseudo_huber.grad(p, t, **kw),
+                        pseudo_huber.value_and_grad(p, t, **kw))
