@@ -8,12 +8,13 @@ GradCheck.__doc__ = """Result of :func:`check_grad`: the worst absolute and rela
 gradient against central differences, and the index (into pred) where the absolute error is largest."""
 
 
-def check_grad(loss, pred, target, *, eps=None, **kwargs):
+def check_grad(loss, pred, target, *, step=None, **kwargs):
     """Compare ``loss.grad`` with central finite differences of ``loss``, in float64.
 
-    Every element of ``pred`` is perturbed by ±eps (default: 1e-6 · max(1, |pred|)) and
-    (l(p + eps) − l(p − eps)) / 2eps is compared with the analytic gradient. ``kwargs`` are the
-    loss's keywords (reduction, sample_weight, options); ``reduction="none"`` is checked as the
+    Every element of ``pred`` is perturbed by ±step (default: 1e-6 · max(1, |pred|)) and
+    (l(p + step) − l(p − step)) / 2·step is compared with the analytic gradient. ``kwargs`` are the
+    loss's keywords (reduction, sample_weight, options; the step is called ``step`` so that a
+    loss option named ``eps``, as poisson_nll's, passes through); ``reduction="none"`` is checked as the
     gradient of the sum. Costs two loss evaluations per element: use small inputs.
 
     Returns a :class:`GradCheck` (max_abs_error, max_rel_error, worst_index), where the relative
@@ -42,7 +43,7 @@ def check_grad(loss, pred, target, *, eps=None, **kwargs):
     flat, fdf = p.reshape(-1), fd.reshape(-1)
     for i in range(flat.size):
         x0 = flat[i]
-        h = eps if eps is not None else 1e-6 * max(1.0, abs(x0))
+        h = step if step is not None else 1e-6 * max(1.0, abs(x0))
         flat[i] = x0 + h
         up = total(p)
         flat[i] = x0 - h
