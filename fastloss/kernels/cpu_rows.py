@@ -16,8 +16,9 @@ How the hot loops are written, and why (see also kernels/cpu_elementwise.py):
   ``lanes_add`` adds them into float64 lanes in a fixed order. No 'reassoc' flag, so the value
   is the same bitwise with or without the gradient, and LLVM vectorises both loops.
 
-A row of cross-entropy is read three times (max, Σ exp, gradient); from the second read on it
-comes from the L2 cache, so memory sees one read of the logits and one write of the gradient.
+A row of cross-entropy is read twice (max, then Σ exp); the second read comes from the L2
+cache, so memory sees one read of the logits and one write of the gradient. With a gradient, the
+Σ exp pass keeps the exps in the gradient row and a last pass scales them (in L2 too).
 """
 import numpy as np
 from numba import njit, prange
@@ -56,13 +57,24 @@ def _sum_exp(row, m, lanes, buf):
 
 
 @njit(**CPU_SCALAR)
-def _softmax_scaled(row, m, k, grow):
-    """grow[c] = exp(row[c] − m) · k: the softmax times a factor, written in one map loop."""
+def _sum_exp_into(row, m, lanes, grow):
+    """Σ_c exp(row[c] − m) like ``_sum_exp`` (the same terms, added in the same order, so the
+    same sum bit for bit), keeping the terms in ``grow``: the gradient pass then scales them
+    instead of computing every exp again."""
+    lanes[:] = 0.0
     for b0 in range(0, row.size, BLOCK):
         rb = row[b0:b0 + BLOCK]
         gb = grow[b0:b0 + BLOCK]
         for j in range(rb.size):
-            gb[j] = vexp(rb[j] - m) * k
+            gb[j] = vexp(rb[j] - m)
+        lanes_add(lanes, gb)
+    return lane_sum(lanes)
+
+
+@njit(**CPU_SCALAR)
+def _scale(grow, k):
+    for c in range(grow.size):
+        grow[c] *= k
 
 
 @njit(**CPU_KERNEL)
@@ -90,7 +102,10 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
                 grad[r][:] = 0.0
             continue
         m = _row_max(row, mlanes)
-        s = _sum_exp(row, m, lanes, buf)
+        if grad is None:
+            s = _sum_exp(row, m, lanes, buf)
+        else:
+            s = _sum_exp_into(row, m, lanes, grad[r])
         lse = m + np.log(s)
         wy = 1.0 if class_weight is None else class_weight[y]
         l = (1.0 - smoothing) * wy * (lse - row[y])
@@ -112,7 +127,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
             grow = grad[r]
             gs = sw * scale
             a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
-            _softmax_scaled(row, m, dt(a * gs / s), grow)
+            _scale(grow, dt(a * gs / s))
             if smoothing != 0.0:
                 e = smoothing / C * gs
                 for c in range(C):
@@ -140,7 +155,10 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         row = logits[r]
         trow = probs[r]
         m = _row_max(row, mlanes)
-        s = _sum_exp(row, m, lanes, buf)
+        if grad is None:
+            s = _sum_exp(row, m, lanes, buf)
+        else:
+            s = _sum_exp_into(row, m, lanes, grad[r])
         lse = dt(m + np.log(s))
         lanes[:] = 0.0
         lanes_w[:] = 0.0
@@ -164,7 +182,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         if grad is not None:
             grow = grad[r]
             gs = sw * scale
-            _softmax_scaled(row, m, dt(wsum * gs / s), grow)
+            _scale(grow, dt(wsum * gs / s))
             for c in range(C):
                 tc = (1.0 - smoothing) * trow[c] + smoothing / C
                 wt = tc if class_weight is None else class_weight[c] * tc
