@@ -193,6 +193,19 @@ class ElementwiseLoss(Loss):
                                                      self.target_flags, array_params, ct, dict(static))
         return mod
 
+    def _check_flags(self, flags):
+        if flags and self.flags_error is not None:
+            msg = self.flags_error(flags)
+            if msg:
+                raise ValueError(f"{self.name}: {msg}")
+
+    @staticmethod
+    def _flags_par(k, tf, nchunks):
+        fl = np.empty(nchunks, dtype=np.int64)
+        with _config.PARALLEL_LOCK:
+            k.flags_par(tf, fl, _config.CHUNK)
+        return int(np.bitwise_or.reduce(fl))
+
     def kernel_options(self):
         return [o.name for o in self.options if not o.host]
 
@@ -239,13 +252,15 @@ class ElementwiseLoss(Loss):
 
         n = pf.size
         vals = np.empty(n, dtype=cdt) if reduction == "none" and op != GRAD else None
-        # A loss that checks its targets inside the kernel must not write into the caller's
-        # buffer before the check has passed: it gets a buffer of its own, copied on success.
-        direct_out = out_np if self.target_flags is None else None
-        grad = _arrays.kernel_buffer(direct_out, n, cdt) if op != VALUE else None
+        grad = _arrays.kernel_buffer(out_np, n, cdt) if op != VALUE else None
         scale = _grad_scale(wsum, reduction)
         k = self.cpu_kernels(tuple(static), cdt.name)
         nchunks = -(-n // _config.CHUNK)
+        if self.target_flags is not None and out_np is not None and op != VALUE:
+            # Targets are checked inside the main kernel, but the caller's out= buffer must not
+            # be written before they are known to be valid: check them first (reads the
+            # targets only) in this case.
+            self._check_flags(k.flags_chunk(tf, 0, n) if nchunks <= 1 else self._flags_par(k, tf, nchunks))
         total, flags = 0.0, 0
         if nchunks <= 1:  # small input: one serial chunk (a parallel launch would cost more)
             if op == VALUE:
@@ -266,10 +281,7 @@ class ElementwiseLoss(Loss):
                     k.both_par(pf, tf, wf, vals, grad, scale, *params, sums, fl, _config.CHUNK)
             total = float(sums.sum()) if op != GRAD else 0.0
             flags = int(np.bitwise_or.reduce(fl))
-        if flags and self.flags_error is not None:
-            msg = self.flags_error(flags)
-            if msg:
-                raise ValueError(f"{self.name}: {msg}")
+        self._check_flags(flags)
 
         value = None
         if op != GRAD:

@@ -158,6 +158,28 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
 """
 
 
+# Only for losses with target flags: the check alone, for a caller's out= buffer, which must
+# not be written before the targets are known to be valid.
+_FLAGS_BODY = """\
+@KERNEL_JIT
+def flags_chunk(target, start, stop):
+    target = target[start:stop]
+    flags = 0
+    for i in range(target.size):
+        flags |= {flagsfn}(target[i])
+    return flags
+
+
+@PARALLEL_JIT
+def flags_par(target, flags, chunk):
+    n = target.size
+    for c in prange(flags.size):
+        flags[c] = flags_chunk(target, c * chunk, min(n, (c + 1) * chunk))
+
+
+"""
+
+
 def build(name, value, deriv, param_names, target_flags=None, static=None, dtype="float64"):
     """Generate (once) and import the CPU kernel module of an elementwise loss.
 
@@ -180,7 +202,8 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     bwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + BLOCK)" for n in param_names) or "pass"
     pj = ", ".join(repr(static[n]) if n in static else f"param_at({n}_b, j)" for n in names_all)
     flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
-    body = _BODY.format(scalars=src.text, value=src.names["value"], deriv=src.names["deriv"],
+    extra = _FLAGS_BODY.format(flagsfn=src.names["flags"]) if target_flags is not None else ""
+    body = extra + _BODY.format(scalars=src.text, value=src.names["value"], deriv=src.names["deriv"],
                         P=p, PI=pi, PJ=pj, FLAGS=flags, WINDOW=window, BWINDOW=bwindow)
     header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype)
     kind = f"cpu_{name}_{dtype}" + "".join(f"_{n}{int(v)}" for n, v in sorted(static.items()))
