@@ -52,17 +52,27 @@ def cache_dir():
 # are written into each generated module's text, so changing them builds separate kernels (and
 # a separate disk cache) rather than reusing stale ones.
 
-#: Threads per block of every CUDA kernel: a power of two from 32 to 1024.
+#: Threads per block of the CUDA kernels (all but the block-per-row ones): a power of two from
+#: 32 to 1024.
 CUDA_BLOCK = 256
+
+#: Elementwise kernels read pred and target (and write the gradient and per-element values) as
+#: 4-element vectors (16 bytes for float32) when the pointers are aligned; each thread loads this
+#: many vectors of each input before it computes any (the bytes in flight that keep HBM busy).
+CUDA_EW_VECTORS = 2
 
 #: Elements per thread an elementwise launch aims for before it adds blocks; up to
 #: CUDA_MAX_BLOCKS blocks, beyond which threads loop (grid-stride). The partition of a reduction
-#: depends on n and these numbers only, so every result is bitwise identical run to run.
-CUDA_ITEMS_PER_THREAD = 4
+#: depends on n and these numbers only, so every result is bitwise identical run to run. Many
+#: short blocks (rather than one wave of long ones) keep every SM busy to the end.
+CUDA_ITEMS_PER_THREAD = 8
 
-#: Most blocks of one launch (one wave on an H100: 132 SMs x 8 blocks of 256 threads). Also the
-#: most partial sums the finishing block adds up.
-CUDA_MAX_BLOCKS = 1024
+#: Most blocks of one launch: also the most partial sums the finishing block adds up.
+CUDA_MAX_BLOCKS = 16384
+
+#: Use 16-byte vector loads and stores where the arrays allow them (False: one element at a
+#: time everywhere, as the simulator's tests also check).
+CUDA_VECTOR = True
 
 #: Row losses (cross_entropy, multi_margin): one thread per row up to this many classes, a warp
 #: per row above it, ...
@@ -71,6 +81,25 @@ CUDA_ROW_THREAD_MAX_C = 32
 #: ... and a whole block per row (online softmax over the row, block reductions) from this
 #: many classes on.
 CUDA_ROW_BLOCK_MIN_C = 1024
+
+#: Threads per block of the block-per-row kernels (a power of two, 32 to 1024; float64: half), ...
+CUDA_ROW_BLOCK = 1024
+
+#: ... registers per thread they are compiled for (the launch bound asks for 65536 / (this x
+#: CUDA_ROW_BLOCK) blocks per SM: 64 gives 2048 resident threads; float64 rows get blocks of half
+#: as many threads with twice the registers), ...
+CUDA_ROW_REGS = 64
+
+#: ... the most blocks (rows in flight) of one such launch (blocks loop over rows beyond), ...
+CUDA_ROW_MAX_BLOCKS = 1 << 20
+
+#: ... vectors (of 4 classes) each thread loads per step of cross_entropy's passes, ...
+CUDA_ROW_VECTORS = 2
+
+#: ... and whether cross_entropy's gradient pass reads the logits with the "last use" hint and
+#: writes the gradient with the "streaming" hint (both evict first), to leave L2 to the logits
+#: that the first pass of other rows has read and the second pass will read again.
+CUDA_ROW_CACHE_HINTS = True
 
 #: Check class labels on the device: a small kernel over the labels, then one 8-byte read that
 #: waits for the caller's stream (after the row kernel; before it when ``out=`` is given, so that
@@ -84,6 +113,18 @@ CUDA_WARP_SHUFFLE = True
 #: Launch compiled kernels directly (cuda.core launch with pre-marshalled arguments) instead of
 #: through the Numba dispatcher (which types and wraps every argument on every call).
 CUDA_FAST_LAUNCH = True
+
+#: How fast launches reach the driver: "ctypes" packs the parameters into one buffer and calls
+#: cuLaunchKernel through ctypes (a few microseconds); "core" uses cuda.core's launch.
+CUDA_LAUNCH_DRIVER = "ctypes"
+
+#: Numba-family results: new device arrays as copies of a first one's attributes with new memory
+#: (False: cuda.device_array every time, slower by microseconds per array).
+CUDA_NUMBA_FAST_ALLOC = True
+
+#: ... and arrays of at most this many bytes (results, scratch) take their memory from a pool of
+#: blocks reused per stream instead of a new cudaMalloc each (0: never).
+CUDA_POOL_MAX = 1 << 20
 
 #: error_model="numpy": a division by zero gives inf or NaN as IEEE says, instead of Python's
 #: ZeroDivisionError, whose check is a branch in the loop that stops vectorisation.

@@ -19,9 +19,15 @@ What a call does, in order:
    else the default stream.
 
 Launching: on a real GPU each kernel is compiled once per argument types (Numba's dispatcher,
-with its disk cache) and then launched directly with cuda.core from pre-marshalled arguments
-(``_config.CUDA_FAST_LAUNCH``), skipping the dispatcher's per-call typing and wrapping of every
-argument. Under the simulator kernels are called through the dispatcher.
+with its disk cache) and then launched directly from pre-marshalled arguments
+(``_config.CUDA_FAST_LAUNCH``): packed into one parameter buffer for cuLaunchKernel, called
+through ctypes with the kernel's CUfunction (``_config.CUDA_LAUNCH_DRIVER``; or cuda.core's
+launch), skipping the dispatcher's per-call typing and wrapping of every argument. Under the
+simulator kernels are called through the dispatcher.
+
+Numba-family results and scratch buffers of up to ``_config.CUDA_POOL_MAX`` bytes come from a
+small pool of blocks reused per stream (``_pool_mem``), and new Numba device arrays are copies of
+a first one's attributes (``_nb_empty``): cuda.device_array costs over 20 microseconds.
 
 Host reads (each waits for the caller's stream; documented on the losses that need them):
 the hinge target flags, the class-label range check of cross_entropy / multi_margin
@@ -45,6 +51,7 @@ _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float
 _I64 = np.dtype(np.int64)
 
 TORCH, CUPY, NUMBA, SIMF = "torch", "cupy", "numba", "sim"
+NBDEV = "numba-devicearray"  # how _describe reads a Numba DeviceNDArray (its family is NUMBA)
 
 
 # -- initialisation -------------------------------------------------------------------------------
@@ -181,6 +188,16 @@ class _Buf:
             nd = self.nd[off:off + count].view(dtype)
         return _Buf(self.ptr + off * 8, (count,), dtype, None, self.owner, nd, self.fam, self.dev)
 
+    def kparams(self):
+        """The kernel parameters of this array (Numba's array ABI, 8 bytes each)."""
+        shp = self.shape
+        isz = self.dtype.itemsize
+        if len(shp) == 1:
+            n0 = shp[0]
+            return (0, 0, n0, isz, self.ptr, n0, isz)
+        r, c = shp
+        return (0, 0, r * c, isz, self.ptr, r, c, c * isz, isz)
+
     def sim(self):
         return _FakeCUDAArray(self.nd)
 
@@ -222,6 +239,8 @@ def _family(x):
             fam = CUPY
         elif _FakeCUDAArray is not None and isinstance(x, _FakeCUDAArray):
             fam = SIMF
+        elif mod.startswith("numba") and hasattr(x, "gpu_data") and hasattr(x, "_dummy"):
+            fam = NBDEV
         else:
             fam = NUMBA
         _FAMILY[t] = fam
@@ -265,6 +284,16 @@ def _describe(x, name):
         dt = x.dtype
         strides = None if x.flags.c_contiguous else tuple(s // dt.itemsize for s in x.strides)
         return _Buf(x.data.ptr, tuple(x.shape), dt, strides, x, None, CUPY, x.device.id)
+    if fam is NBDEV:
+        try:  # a Numba device array: its attributes, without building its interface dict
+            gd = x.gpu_data
+            ptr = int(gd.device_pointer) if gd is not None else 0
+            dt = x.dtype
+            strides = None if x._dummy.is_c_contig else tuple(st // dt.itemsize for st in x.strides)
+            return _Buf(ptr, x.shape, dt, strides, x, None, NUMBA, _ptr_device(ptr))
+        except AttributeError:  # pragma: no cover - another numba-cuda layout
+            _FAMILY[type(x)] = NUMBA
+            return _describe(x, name)
     if fam is SIMF:
         a = x._ary
         strides = None if a.flags.c_contiguous else tuple(s // a.itemsize for s in a.strides)
@@ -342,14 +371,17 @@ class _Call:
             return _Buf(t.data_ptr(), shape, dtype, None, t, None, TORCH, self.dev)
         if fam is CUPY:
             cupy = sys.modules["cupy"]
-            with cupy.cuda.Device(self.dev):
+            if _NGPUS > 1:  # pragma: no cover - needs several GPUs
+                with cupy.cuda.Device(self.dev):
+                    a = cupy.empty(shape, dtype)
+            else:
                 a = cupy.empty(shape, dtype)
             return _Buf(a.data.ptr, shape, dtype, None, a, None, CUPY, self.dev)
-        a = cuda.device_array(shape, dtype)
         if SIM:
+            a = cuda.device_array(shape, dtype)
             return _Buf(0, shape, dtype, None, a, a._ary, SIMF, 0)
-        ptr = a.device_ctypes_pointer.value if a.size else 0
-        return _Buf(ptr or 0, shape, dtype, None, a, None, NUMBA, self.dev)
+        a, ptr = _nb_empty(shape, dtype, self.h)
+        return _Buf(ptr, shape, dtype, None, a, None, NUMBA, self.dev)
 
     def nb_stream(self):
         s = _NB_STREAMS.get(self.h)
@@ -372,6 +404,74 @@ class _Call:
         host = b.numba().copy_to_host(stream=s)
         s.synchronize()
         return host
+
+
+_NB_TEMPLATES = {}
+_POOL_FREE = {}  # (context id, stream, size class) -> blocks (Numba allocations) ready for reuse
+_POOL_LIVE = {}  # serial -> the pointer object of a block in use (held as Numba holds its own)
+_POOL_SERIAL = [0]
+_CTX = []  # the context, cached on single-GPU machines
+
+
+def _pool_mem(nbytes, stream):
+    """Device memory for a Numba-family array of ``nbytes`` (at most _config.CUDA_POOL_MAX):
+    blocks of power-of-two sizes from 256 bytes, allocated once through Numba and reused after
+    the arrays over them are freed, by later calls on the same stream only (work queued on a
+    stream runs in order, so a block freed while that stream's kernels still use it is safe to
+    hand out again on that stream). Returns (memory object for the array, device pointer)."""
+    from numba.cuda.cudadrv.driver import AutoFreePointer, binding
+    if _NGPUS == 1:
+        if not _CTX:
+            _CTX.append(cuda.current_context())
+        ctx = _CTX[0]
+    else:  # pragma: no cover - needs several GPUs
+        ctx = cuda.current_context()
+    size = 256
+    while size < nbytes:
+        size *= 2
+    key = (id(ctx), stream, size)
+    free = _POOL_FREE.get(key)
+    if free is None:
+        free = _POOL_FREE[key] = []
+    try:
+        base = free.pop()
+    except IndexError:
+        base = ctx.memalloc(size)
+    ptr = int(base.device_pointer)
+    serial = _POOL_SERIAL[0] = _POOL_SERIAL[0] + 1
+
+    def give_back(free=free, base=base, serial=serial):
+        _POOL_LIVE.pop(serial, None)
+        free.append(base)
+
+    mem = AutoFreePointer(ctx, binding.CUdeviceptr(ptr), nbytes, finalizer=give_back)
+    _POOL_LIVE[serial] = mem
+    return mem.own(), ptr
+
+
+def _nb_empty(shape, dtype, stream=0):
+    """A new Numba device array and its pointer. The first array of each (shape, dtype) comes
+    from cuda.device_array; later ones are copies of its attributes with new memory from the
+    same context (cuda.device_array re-derives shape, strides and extents in Python each time,
+    which is most of a small call's host time)."""
+    key = (shape, dtype)
+    t = _NB_TEMPLATES.get(key)
+    if t is not None and _config.CUDA_NUMBA_FAST_ALLOC:
+        cls, attrs, nbytes = t
+        a = cls.__new__(cls)
+        a.__dict__.update(attrs)
+        if nbytes <= _config.CUDA_POOL_MAX:
+            a.gpu_data, ptr = _pool_mem(nbytes, stream)
+            return a, ptr
+        gd = a.gpu_data = cuda.current_context().memalloc(nbytes)
+        return a, int(gd.device_pointer)
+    a = cuda.device_array(shape, dtype)
+    ptr = int(a.gpu_data.device_pointer) if a.size else 0
+    if a.size and len(_NB_TEMPLATES) < 256:
+        attrs = {k: v for k, v in a.__dict__.items() if k not in ("gpu_data", "_numba_type_")}
+        if attrs.get("stream", 0) == 0 and "alloc_size" in attrs:
+            _NB_TEMPLATES[key] = (type(a), attrs, attrs["alloc_size"])
+    return a, ptr
 
 
 def _stream_handle(stream, ref):
@@ -426,6 +526,7 @@ def _setup_fast():
         _fast = (launch, make_cfg, ExperimentalStream.from_handle)
     except Exception:  # pragma: no cover - another numba-cuda / cuda.core layout
         _fast = False
+    _setup_ctypes()
 
 
 def _nbtype(a):
@@ -442,24 +543,27 @@ def _nbtype(a):
     raise TypeError(f"unexpected kernel argument {a!r}")  # pragma: no cover
 
 
-def _launch(disp, grid, cx, args):
-    """Launch kernel ``disp`` with ``grid`` blocks of ``cx.block`` threads on the call's stream."""
+def _launch(disp, grid, cx, args, block=None):
+    """Launch kernel ``disp`` with ``grid`` blocks of ``block`` (default ``cx.block``) threads on
+    the call's stream."""
+    if block is None:
+        block = cx.block
     if SIM:
-        disp[grid, cx.block](*[a.sim() if type(a) is _Buf else a for a in args])
+        disp[grid, block](*[a.sim() if type(a) is _Buf else a for a in args])
         return
     if _fast is None:
         _setup_fast()
     if _fast and _config.CUDA_FAST_LAUNCH:
         if _fast_ok:
-            _launch_fast(disp, grid, cx, args)
+            _launch_fast(disp, grid, block, cx, args)
             return
         try:  # the first fast launch: fall back for good if this numba-cuda is laid out otherwise
-            _launch_fast(disp, grid, cx, args)
+            _launch_fast(disp, grid, block, cx, args)
             _set_fast_ok()
             return
         except (AttributeError, ImportError, TypeError, KeyError) as exc:  # pragma: no cover
             _disable_fast(exc)
-    disp[grid, cx.block, cx.nb_stream()](*[a.numba() if type(a) is _Buf else a for a in args])
+    disp[grid, block, cx.nb_stream()](*[a.numba() if type(a) is _Buf else a for a in args])
 
 
 _fast_ok = False
@@ -478,47 +582,118 @@ def _disable_fast(exc):  # pragma: no cover - depends on the numba-cuda version
     _fast = False
 
 
-def _launch_fast(disp, grid, cx, args):
+def _launch_fast(disp, grid, block, cx, args):
     """Marshal the arguments as Numba's dispatcher would (an array is meminfo, parent, nitems,
-    itemsize, data, shape, strides) and launch the compiled kernel with cuda.core. Every kernel
-    parameter is 8 bytes: cuda.core passes a Python int as intptr_t and a float as double."""
+    itemsize, data, shape, strides) and launch the compiled kernel directly. Every kernel
+    parameter is 8 bytes (an int64, a float64 or a pointer), so the parameters are packed into
+    one buffer and handed to cuLaunchKernel through ctypes (``_config.CUDA_LAUNCH_DRIVER``
+    "ctypes"), or passed to cuda.core's launch ("core")."""
     # The specialisation is keyed by the array dtypes alone: every kernel parameter has a fixed
     # kind (an array of fixed ndim, an int, a float, an 8-tuple) at its position.
     key = [id(disp)]
     kargs = []
+    ext = kargs.extend
+    app = kargs.append
     for a in args:
         ta = type(a)
         if ta is _Buf:
-            shp = a.shape
-            isz = a.dtype.itemsize
-            if len(shp) == 1:
-                n0 = shp[0]
-                kargs += (0, 0, n0, isz, a.ptr, n0, isz)
-            else:
-                r, c = shp
-                kargs += (0, 0, r * c, isz, a.ptr, r, c, c * isz, isz)
+            ext(a.kparams())
             key.append(a.dtype)
         elif ta is tuple:
-            kargs += a
+            ext(a)
         else:  # int (int64) or float (float64)
-            kargs.append(a)
+            app(a)
     key = tuple(key)
     ent = _KERNELS.get(key)
     if ent is None:
         kernel = disp.compile(tuple(_nbtype(a) for a in args))
-        ent = _KERNELS[key] = [kernel, {}]
+        fmt = "<" + "".join("d" if type(v) is float else "q" for v in kargs)
+        ent = _KERNELS[key] = [kernel, {}, _Packer(fmt)]
     fn = ent[1].get(cx.dev)
     if fn is None:
-        fn = ent[1][cx.dev] = ent[0]._codelibrary.get_cufunc().kernel
+        f = ent[0]._codelibrary.get_cufunc()
+        fn = ent[1][cx.dev] = (f, _cufunction(f.handle))
+    if _cu_launch is not None:
+        ent[2].launch(fn[1], grid, block, cx.h, kargs)
+        return
     launch, make_cfg, from_handle = _fast
-    ck = (grid, cx.block)
+    ck = (grid, block)
     cfg = _CFGS.get(ck)
     if cfg is None:
-        cfg = _CFGS[ck] = make_cfg(grid, cx.block)
+        cfg = _CFGS[ck] = make_cfg(grid, block)
     st = _CORE_STREAMS.get(cx.h)
     if st is None:
         st = _CORE_STREAMS[cx.h] = from_handle(cx.h)
-    launch(st, cfg, fn, *kargs)
+    launch(st, cfg, fn[0].kernel, *kargs)
+
+
+# -- cuLaunchKernel through ctypes -----------------------------------------------------------------
+_cu_launch = None  # the ctypes function, once set up (None: use cuda.core)
+
+
+def _setup_ctypes():
+    """Find cuLaunchKernel in the driver library (which numba-cuda has loaded already)."""
+    global _cu_launch
+    _cu_launch = None
+    if str(getattr(_config, "CUDA_LAUNCH_DRIVER", "ctypes")) != "ctypes":
+        return
+    import ctypes
+    try:
+        lib = ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+        f = lib.cuLaunchKernel
+    except (OSError, AttributeError):  # pragma: no cover - unusual installation
+        return
+    vp, ui = ctypes.c_void_p, ctypes.c_uint
+    f.argtypes = [vp, ui, ui, ui, ui, ui, ui, ui, vp, vp, vp]
+    f.restype = ctypes.c_int
+    _cu_launch = f
+
+
+class _Packer:
+    """The parameter buffer of one kernel specialisation, reused launch after launch (the
+    driver copies the parameters when the launch is issued)."""
+
+    __slots__ = ("st", "buf", "extra", "size")
+
+    def __init__(self, fmt):
+        import ctypes
+        import struct
+        self.st = struct.Struct(fmt)
+        self.buf = ctypes.create_string_buffer(max(self.st.size, 8))
+        self.size = ctypes.c_size_t(self.st.size)
+        # CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END
+        self.extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(self.buf), 2, ctypes.addressof(self.size), 0)
+
+    def launch(self, handle, grid, block, stream, kargs):
+        self.st.pack_into(self.buf, 0, *kargs)
+        rc = _cu_launch(handle, grid, 1, 1, block, 1, 1, 0, stream, None, self.extra)
+        if rc:
+            if rc == 201:  # CUDA_ERROR_INVALID_CONTEXT: this thread has none current yet
+                cuda.current_context()
+                rc = _cu_launch(handle, grid, 1, 1, block, 1, 1, 0, stream, None, self.extra)
+            if rc:
+                raise RuntimeError(f"fastloss: cuLaunchKernel failed with CUDA error {rc} ({_cu_error_name(rc)})")
+
+
+def _cufunction(handle):
+    """The CUfunction of a (library) kernel handle in the current context: launches by CUfunction
+    skip the driver's per-launch lookup of the kernel's function in the context."""
+    try:
+        from cuda.bindings import driver as cudrv
+        err, func = cudrv.cuKernelGetFunction(handle)
+        if int(err) == 0 and int(func):
+            return int(func)
+    except Exception:  # pragma: no cover - older driver or bindings: launch the kernel handle
+        pass
+    return int(handle)
+
+
+def _cu_error_name(rc):
+    try:
+        from numba.cuda.cudadrv.driver import binding
+        return binding.cuGetErrorName(binding.CUresult(rc))[1].decode()
+    except Exception:  # pragma: no cover
+        return "?"
 
 
 # -- generated modules ----------------------------------------------------------------------------
@@ -526,7 +701,7 @@ _MODS = {}
 
 
 def _cfgkey():
-    return (_config.CUDA_BLOCK, bool(_config.CUDA_WARP_SHUFFLE))
+    return (_config.CUDA_BLOCK, bool(_config.CUDA_WARP_SHUFFLE), _config.CUDA_EW_VECTORS)
 
 
 def _common():
@@ -546,12 +721,12 @@ def _elementwise_module(loss, mask, ct, static):
     return m
 
 
-def _rows_module(ct, group):
-    key = ("rows", ct, group) + _cfgkey()
+def _rows_module(ct, group, block):
+    key = ("rows", ct, group, block, _config.CUDA_ROW_VECTORS, bool(_config.CUDA_ROW_CACHE_HINTS)) + _cfgkey()
     m = _MODS.get(key)
     if m is None:
         from .kernels import cuda_rows
-        m = _MODS[key] = cuda_rows.build(ct, group)
+        m = _MODS[key] = cuda_rows.build(ct, group, block)
     return m
 
 
@@ -561,6 +736,20 @@ def _grid(n, cx):
         return 0
     per = cx.block * int(_config.CUDA_ITEMS_PER_THREAD)
     return max(1, min(-(-n // per), int(_config.CUDA_MAX_BLOCKS)))
+
+
+def _vec_ok(*bufs):
+    """Whether 4-element vector loads/stores may be used on these (flat, C-contiguous) buffers:
+    float dtypes whose data pointers are aligned to 4 elements (16 bytes at most)."""
+    if not _config.CUDA_VECTOR:
+        return False
+    for b in bufs:
+        dt = b.dtype
+        if dt.kind != "f" or dt.itemsize not in (2, 4, 8):
+            return False
+        if b.ptr % min(16, 4 * dt.itemsize):
+            return False
+    return True
 
 
 def _sim_window(a, min_off, extent):
@@ -815,7 +1004,9 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     fres = scratch(1, _I64) if flags_on else EI
     den = scratch(1) if need_den else E64
 
-    res = cx.alloc((), rdt) if reduce_val else None
+    # the 0-d result: now when the main kernel writes it (one block), else after that kernel's
+    # launch (the finishing kernel writes it), so that the device starts sooner
+    res = cx.alloc((), rdt) if reduce_val and g <= 1 else None
     res_flat = res.view((1,)) if res is not None else _empty(rdt)
     vals = cx.alloc(shape, rdt) if op != GRAD and reduction == "none" else None
     vals_flat = vals.flat if vals is not None else _empty(rdt)
@@ -835,18 +1026,24 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
             _wsum(w, den, scratch, cx)
         res_k = res_flat if g == 1 else _empty(rdt)
         fres_k = fres if g == 1 else EI
+        # 16-byte loads and stores where every streamed array allows them
+        vbufs = (pf, tf) + ((vals_flat,) if vals is not None else ()) + ((grad,) if grad is not None else ())
+        vec = int(n >= 4 and _vec_ok(*vbufs))
         if op == VALUE:
-            args = (pf, tf, w, wdiv, winner, vals_flat, *params, n, rmode, den_host, den, den_mul,
+            args = (pf, tf, w, wdiv, winner, vals_flat, *params, n, vec, rmode, den_host, den, den_mul,
                     partials, fparts, res_k, fres_k)
             _launch(mod.value_kernel, g, cx, args)
         elif op == GRAD:
-            args = (pf, tf, w, wdiv, winner, grad.flat, *params, n, rmode, gscale, den, den_mul, fparts, fres_k)
+            args = (pf, tf, w, wdiv, winner, grad.flat, *params, n, vec, rmode, gscale, den, den_mul, fparts, fres_k)
             _launch(mod.grad_kernel, g, cx, args)
         else:
-            args = (pf, tf, w, wdiv, winner, vals_flat, grad.flat, *params, n, rmode, gscale, den_host, den,
+            args = (pf, tf, w, wdiv, winner, vals_flat, grad.flat, *params, n, vec, rmode, gscale, den_host, den,
                     den_mul, partials, fparts, res_k, fres_k)
             _launch(mod.both_kernel, g, cx, args)
         if g > 1 and (reduce_val or flags_on):
+            if reduce_val:
+                res = cx.alloc((), rdt)
+                res_flat = res.view((1,))
             _launch(_common().finish_kernel, 1, cx, (partials, g, fparts, rmode, den_host, den, den_mul,
                                                      res_flat, fres))
     elif reduce_val:  # empty input: sum 0, mean NaN
@@ -914,9 +1111,15 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
                              "(one weight per row)")
         sw = _contig(sw, cx).flat
 
-    group = 1 if C <= _config.CUDA_ROW_THREAD_MAX_C else (32 if C < _config.CUDA_ROW_BLOCK_MIN_C else cx.block)
-    mod = _rows_module(ct, group)
-    g = min(-(-R // (cx.block // group)), int(_config.CUDA_MAX_BLOCKS)) if R else 0
+    if C <= _config.CUDA_ROW_THREAD_MAX_C:  # a thread per row
+        group, rblock, cap = 1, cx.block, int(_config.CUDA_MAX_BLOCKS)
+    elif C < _config.CUDA_ROW_BLOCK_MIN_C:  # a warp per row
+        group, rblock, cap = 32, cx.block, int(_config.CUDA_MAX_BLOCKS)
+    else:  # a block per row (half as many threads for float64, each with twice the registers)
+        group = rblock = max(32, int(_config.CUDA_ROW_BLOCK) // (2 if ct == "float64" else 1))
+        cap = int(_config.CUDA_ROW_MAX_BLOCKS)
+    mod = _rows_module(ct, group, rblock)
+    g = min(-(-R // (rblock // group)), cap) if R else 0
     reduce_val = op != GRAD and reduction != "none"
     rmode = 0 if reduction in ("sum", "none") else 1
 
@@ -1008,11 +1211,13 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
         res_k = res_flat if g == 1 else _empty(rdt)
         tail = (R, C, vals_flat, grad2, rmode, gscale, den_host, den, 1.0, partials, EI, res_k, EI)
         if is_ce and labels is not None:
-            _launch(mod.ce_labels, g, cx, (x, labels, cw, cwsum, sw, ignore, eps) + tail)
+            vec = int(C % 4 == 0 and _vec_ok(x, *((grad2,) if op != VALUE else ())))
+            _launch(mod.ce_labels, g, cx, (x, labels, cw, cwsum, sw, ignore, eps, R, C, vec) + tail[2:], rblock)
         elif is_ce:
-            _launch(mod.ce_probs, g, cx, (x, probs, cw, sw, eps) + tail)
+            _launch(mod.ce_probs, g, cx, (x, probs, cw, sw, eps) + tail, rblock)
         else:
-            _launch(mod.multi_margin, g, cx, (x, labels, cw, sw, int(opts["p"]), float(opts["margin"])) + tail)
+            _launch(mod.multi_margin, g, cx, (x, labels, cw, sw, int(opts["p"]), float(opts["margin"])) + tail,
+                    rblock)
         if g > 1 and reduce_val:
             _launch(com.finish_kernel, 1, cx, (partials, g, EI, rmode, den_host, den, 1.0, res_flat, EI))
     elif reduce_val:

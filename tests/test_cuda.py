@@ -35,12 +35,16 @@ def _small_launches():
     """Simulator: small blocks and grids (and a short GIL switch interval: its threads wait on
     each other at every barrier). A GPU keeps the defaults except the block-per-row threshold."""
     from fastloss import _config
-    saved = {k: getattr(_config, k) for k in ("CUDA_BLOCK", "CUDA_MAX_BLOCKS", "CUDA_ROW_BLOCK_MIN_C")}
+    saved = {k: getattr(_config, k) for k in ("CUDA_BLOCK", "CUDA_MAX_BLOCKS", "CUDA_ROW_BLOCK_MIN_C",
+                                              "CUDA_ROW_BLOCK", "CUDA_ROW_MAX_BLOCKS", "CUDA_ITEMS_PER_THREAD")}
     interval = sys.getswitchinterval()
     if SIM:
         _config.CUDA_BLOCK = 32
         _config.CUDA_MAX_BLOCKS = 3
+        _config.CUDA_ITEMS_PER_THREAD = 4
         _config.CUDA_ROW_BLOCK_MIN_C = 64
+        _config.CUDA_ROW_BLOCK = 32
+        _config.CUDA_ROW_MAX_BLOCKS = 3
         sys.setswitchinterval(5e-4)
     else:
         _config.CUDA_ROW_BLOCK_MIN_C = 256
@@ -446,6 +450,40 @@ def test_shared_memory_path_on_gpu(fl, rng):
     finally:
         _config.CUDA_WARP_SHUFFLE = True
     assert_close(off, on, np.float64)
+
+
+def test_vector_and_scalar_paths(fl, rng):
+    """16-byte vector loads and stores (aligned arrays; C % 4 == 0 for rows) and one element at a
+    time (_config.CUDA_VECTOR off; on a GPU also a view 4 bytes off alignment) agree with the CPU."""
+    from fastloss import _config
+    n = BIG + 3  # a tail after the last whole vector
+    pred, target, _ = elementwise_data("huber", (n,), np.float32, rng)
+    R, C = (4, 200) if SIM else (40, 4000)
+    x, _, _ = row_data("cross_entropy", (R, C), np.float32, rng, {})
+    y = rng.integers(0, C, size=R)
+    cv, cg = fl.huber.value_and_grad(pred, target, reduction="none")
+    xv, xg = fl.cross_entropy.value_and_grad(x, y, label_smoothing=0.1)
+
+    def shifted(a):  # the same values at an address 4 bytes past an aligned one (a GPU's views)
+        flat = np.concatenate([np.zeros(1, a.dtype), a.ravel()])
+        return NB.dev(flat)[1:].reshape(a.shape)
+
+    cases = [(NB.dev, True), (NB.dev, False)] + ([] if SIM else [(shifted, True)])
+    for make, vec in cases:
+        saved = _config.CUDA_VECTOR
+        _config.CUDA_VECTOR = vec
+        try:
+            v, g = fl.huber.value_and_grad(make(pred), make(target), reduction="none")
+            assert_close(NB.host(v), cv, np.float32, factor=4)
+            assert_close(NB.host(g), cg, np.float32, factor=4)
+            v, g = fl.cross_entropy.value_and_grad(make(x), NB.dev(y), label_smoothing=0.1)
+            assert_close(NB.host(v), xv, np.float32, factor=4)
+            assert_close(NB.host(g), xg, np.float32, factor=4)
+            gx = make(x)  # in place over the logits
+            fl.cross_entropy.grad(gx, NB.dev(y), label_smoothing=0.1, out=gx)
+            assert_close(NB.host(gx), xg, np.float32, factor=4)
+        finally:
+            _config.CUDA_VECTOR = saved
 
 
 def test_import_does_not_load_cuda():

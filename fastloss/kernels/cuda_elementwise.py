@@ -8,7 +8,11 @@ generated module holds three kernels, each a grid-stride loop that ends in a blo
 * ``grad_kernel``   scale·w·dl/dp into ``grad``
 * ``both_kernel``   both, in one pass over memory
 
-plus the target flags (hinge) OR-ed on the way when the loss has ``target_flags``. A one-block
+plus the target flags (hinge) OR-ed on the way when the loss has ``target_flags``. When the
+host finds every streamed array aligned (``vec``), the loop reads pred and target and writes the
+gradient and values as 4-element vectors (16 bytes for float32, kernels/cuda_vec.py),
+``_config.CUDA_EW_VECTORS`` of each per thread in flight; elements past the last whole vector,
+and every element without ``vec``, go through the scalar loop. A one-block
 grid finishes in the kernel (0-d result, flags); a larger one writes per-block partials that
 ``finish_kernel`` (kernels/cuda_helpers.py) adds up in a fixed order: two stages, no atomics.
 
@@ -40,37 +44,39 @@ def widx(i, wdiv, winner):
 
 
 @KERNEL_JIT
-def value_kernel(pred, target, weight, wdiv, winner, vals, {P}n, rmode, den_host, den, den_mul,
+def value_kernel(pred, target, weight, wdiv, winner, vals, {P}n, vec, rmode, den_host, den, den_mul,
                  partials, fparts, result, fres):
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     has_w = weight.shape[0] != 0
     has_v = vals.shape[0] != 0
     acc = 0.0
     flags = 0
+{VALUE_VEC}
 {VALUE_LOOP}
     store_block(acc, flags, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
 
 
 @KERNEL_JIT
-def grad_kernel(pred, target, weight, wdiv, winner, grad, {P}n, rmode, gscale, den, den_mul, fparts, fres):
-    shf = cuda.shared.array(BLOCK, int64)
+def grad_kernel(pred, target, weight, wdiv, winner, grad, {P}n, vec, rmode, gscale, den, den_mul, fparts, fres):
+    shf = cuda.shared.array(SHN, int64)
     i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     has_w = weight.shape[0] != 0
     scale = grad_scale(rmode, gscale, den, den_mul)
     flags = 0
+{GRAD_VEC}
 {GRAD_LOOP}
     store_flags(flags, shf, fparts, fres)
 
 
 @KERNEL_JIT
-def both_kernel(pred, target, weight, wdiv, winner, vals, grad, {P}n, rmode, gscale, den_host, den, den_mul,
+def both_kernel(pred, target, weight, wdiv, winner, vals, grad, {P}n, vec, rmode, gscale, den_host, den, den_mul,
                 partials, fparts, result, fres):
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     has_w = weight.shape[0] != 0
@@ -78,6 +84,7 @@ def both_kernel(pred, target, weight, wdiv, winner, vals, grad, {P}n, rmode, gsc
     scale = grad_scale(rmode, gscale, den, den_mul)
     acc = 0.0
     flags = 0
+{BOTH_VEC}
 {BOTH_LOOP}
     store_block(acc, flags, sh, shf, partials, fparts, result, fres, rmode, den_host, den, den_mul)
 """
@@ -135,6 +142,72 @@ def _loop(part, value, deriv, pnames, static, array_params, flags, acc):
             + "    if i < n:\n" + _LOAD.format(k=0, ix="i") + elem(0, "i"))
 
 
+# The vector loop (vec != 0): vectors of 4 elements, EV of them per thread per step, at vector
+# indices k, k + BLOCK, ... (coalesced: a warp reads 512 contiguous bytes per load); all loads of
+# a step before any computation, all stores after it. The thread adds its values to its sum in
+# index order within the step. Elements past the last whole vector (n % 4) are left to the
+# scalar loop, which then starts at 4 nv.
+_VCOMP = {
+    "value": """\
+l{k} = {value}(p{k}, t{k}, {PI})
+if has_w:
+    l{k} = l{k} * CT(weight[widx({ix}, wdiv, winner)])
+""",
+    "grad": """\
+g{k} = {deriv}(p{k}, t{k}, {PI}) * scale
+if has_w:
+    g{k} = g{k} * CT(weight[widx({ix}, wdiv, winner)])
+""",
+    "both": """\
+l{k} = {value}(p{k}, t{k}, {PI})
+g{k} = {deriv}(p{k}, t{k}, {PI}) * scale
+if has_w:
+    w{k} = CT(weight[widx({ix}, wdiv, winner)])
+    l{k} = l{k} * w{k}
+    g{k} = g{k} * w{k}
+""",
+}
+
+
+def _vec_loop(kind, value, deriv, pnames, static, array_params, flags, acc, ev):
+    def step(nvec, advance):
+        out = []
+        for u in range(nvec):
+            out.append(f"b{u} = 4 * (k + {u} * BLOCK)" if u else "b0 = 4 * k")
+        for u in range(nvec):
+            out.append(f"p{u}_0, p{u}_1, p{u}_2, p{u}_3 = ld4(pred, b{u})")
+        for u in range(nvec):
+            out.append(f"t{u}_0, t{u}_1, t{u}_2, t{u}_3 = ld4(target, b{u})")
+        for u in range(nvec):
+            for e in range(4):
+                k, ix = f"{u}_{e}", f"b{u} + {e}"
+                out.append(f"p{k} = CT(p{k})")
+                out.append(f"t{k} = CT(t{k})")
+                pi = ", ".join(repr(static[n]) if n in static else (f"CT({n}[{ix}])" if n in array_params else f"CT({n})")
+                               for n in pnames)
+                out += _VCOMP[kind].format(k=k, ix=ix, value=value, deriv=deriv, PI=pi).splitlines()
+                if acc:
+                    out.append(f"acc += float64(l{k})")
+                if flags:
+                    out.append(f"flags |= {flags}(t{k})")
+        for u in range(nvec):
+            if kind in ("value", "both"):
+                out += ["if has_v:", f"    st4(vals, b{u}, l{u}_0, l{u}_1, l{u}_2, l{u}_3)"]
+            if kind in ("grad", "both"):
+                out.append(f"st4(grad, b{u}, g{u}_0, g{u}_1, g{u}_2, g{u}_3)")
+        out.append(f"k += {advance}")
+        return out
+    lines = ["if vec != 0:",
+             "    nv = n // 4",
+             f"    k = cuda.blockIdx.x * (BLOCK * {ev}) + cuda.threadIdx.x",
+             f"    while k + {ev - 1} * BLOCK < nv:"]
+    lines += ["        " + ln for ln in step(ev, f"cuda.gridDim.x * (BLOCK * {ev})")]
+    lines += ["    while k < nv:"]
+    lines += ["        " + ln for ln in step(1, "BLOCK")]
+    lines += ["    i = 4 * nv + cuda.blockIdx.x * BLOCK + cuda.threadIdx.x"]
+    return "\n".join("    " + ln for ln in lines)
+
+
 def build(name, value, deriv, param_names, target_flags=None, array_params=(), ct="float64", static=None):
     """Generate (once) and import the CUDA kernel module of an elementwise loss.
 
@@ -150,10 +223,17 @@ def build(name, value, deriv, param_names, target_flags=None, array_params=(), c
     p = "".join(f"{n}, " for n in pnames if n not in static)
     fl = src.names["flags"] if target_flags is not None else None
     v, d = src.names["value"], src.names["deriv"]
+    from .. import _config
+    ev = int(_config.CUDA_EW_VECTORS)
+    if ev < 1:
+        raise ValueError(f"fastloss._config.CUDA_EW_VECTORS must be >= 1, got {ev}")
     body = _BODY.format(scalars=src.text, reductions=cuda_helpers.reductions(), P=p,
                         VALUE_LOOP=_loop(_VALUE, v, d, pnames, static, array_params, fl, True),
                         GRAD_LOOP=_loop(_GRAD, v, d, pnames, static, array_params, fl, False),
-                        BOTH_LOOP=_loop(_BOTH, v, d, pnames, static, array_params, fl, True))
+                        BOTH_LOOP=_loop(_BOTH, v, d, pnames, static, array_params, fl, True),
+                        VALUE_VEC=_vec_loop("value", v, d, pnames, static, array_params, fl, True, ev),
+                        GRAD_VEC=_vec_loop("grad", v, d, pnames, static, array_params, fl, False, ev),
+                        BOTH_VEC=_vec_loop("both", v, d, pnames, static, array_params, fl, True, ev))
     header = cuda_helpers.header(ct=ct, imports=src.imports)
     tag = "".join("a" if n in array_params else ("s" if n not in static else str(int(static[n]))) for n in pnames)
-    return codegen.load_module(f"cuda_{name}_{ct}{'_' + tag if tag else ''}", header, body, src.injected)
+    return codegen.load_module(f"cuda_{name}_{ct}_v{ev}{'_' + tag if tag else ''}", header, body, src.injected)

@@ -34,6 +34,7 @@ CACHE = True
 SIM = {sim}
 BLOCK = {block}
 NWARPS = BLOCK // 32
+SHN = {shn}  # entries of a reduction's shared array: one per warp (shuffles) or per thread (tree)
 GS = {group}
 CT = {ct}
 FLOAT = CT  # float literals of the scalar math (codegen typed_floats): computed in the compute dtype
@@ -42,14 +43,45 @@ FULL_MASK = 0xFFFFFFFF
 SCALAR_JIT = cuda.jit(**{scalar_opts!r})
 DEVICE_JIT = cuda.jit(device=True)
 KERNEL_JIT = cuda.jit(**dict({kernel_opts!r}, cache=CACHE))
+{vec}
 """
+
+# The simulator's versions of the vector loads and stores of kernels/cuda_vec.py (plain Python
+# over the simulator's arrays, flat index i into a 1-D or 2-D C-contiguous array).
+_VEC_SIM = '''\
+def ld4(a, i):
+    if len(a.shape) == 1:
+        return a[i], a[i + 1], a[i + 2], a[i + 3]
+    r = i // a.shape[1]
+    c = i - r * a.shape[1]
+    return a[r, c], a[r, c + 1], a[r, c + 2], a[r, c + 3]
+
+
+def st4(a, i, v0, v1, v2, v3):
+    if len(a.shape) == 1:
+        a[i] = v0
+        a[i + 1] = v1
+        a[i + 2] = v2
+        a[i + 3] = v3
+        return
+    r = i // a.shape[1]
+    c = i - r * a.shape[1]
+    a[r, c] = v0
+    a[r, c + 1] = v1
+    a[r, c + 2] = v2
+    a[r, c + 3] = v3
+
+
+ld4_lu = ld4
+st4_cs = st4
+'''
 
 # -- the two reduction paths: each defines warp_/seg_ helpers of the same names --------------
 _COMBINE = {"sum": "a + b", "max": "a if a > b else b", "or": "a | b"}
 
 # Real GPUs: an xor butterfly in the warp (every lane ends with the same value; each step is
-# commutative, so lanes agree bitwise), then one value per warp through shared memory, added by
-# every thread in warp order.
+# commutative, so lanes agree bitwise), then one value per warp through shared memory, reduced
+# by a second butterfly in every warp (the same values in the same order: the same bits).
 _SHUFFLE_OP = """\
 @DEVICE_JIT
 def _c_{name}(a, b):
@@ -68,14 +100,21 @@ def warp_{name}(v):
 
 @DEVICE_JIT
 def block_{name}(v, sh):
+    # warp results through shared memory, then one more butterfly: lane l starts from warp
+    # l % NWARPS's value, so each aligned run of NWARPS lanes holds all of them and reduces them
+    # in the same order (every thread of the block ends with the same bits)
     v = warp_{name}(v)
     tid = cuda.threadIdx.x
+    if NWARPS == 1:
+        return v
     if tid % 32 == 0:
         sh[tid // 32] = v
     cuda.syncthreads()
-    r = sh[0]
-    for w in range(1, NWARPS):
-        r = _c_{name}(r, sh[w])
+    r = sh[tid % NWARPS]
+    off = NWARPS // 2
+    while off > 0:
+        r = _c_{name}(r, cuda.shfl_xor_sync(FULL_MASK, r, off))
+        off //= 2
     cuda.syncthreads()
     return r
 
@@ -187,8 +226,8 @@ _COMMON_BODY = """\
 def finish_kernel(partials, nparts, fparts, rmode, den_host, den, den_mul, result, fres):
     # The second stage: one block adds the partials in a fixed order (thread t takes t, t + BLOCK,
     # ...; then the block tree) and ORs the flags.
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     tid = cuda.threadIdx.x
     acc = 0.0
     flags = 0
@@ -211,8 +250,8 @@ def finish_kernel(partials, nparts, fparts, rmode, den_host, den, den_mul, resul
 @KERNEL_JIT
 def wsum_kernel(w, n, partials, fparts, result, fres):
     # Sum of a weight array in float64 (a denominator): first stage, or all of it in one block.
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     acc = 0.0
@@ -227,8 +266,8 @@ def labels_kernel(labels, cw, sw, ignore, use_ignore, C, R, partials, fparts, re
     # Class labels of the row losses: flag 1 where one is outside [0, C) (and not ignore_index
     # when use_ignore), and the denominator of cross_entropy's "mean": the sum over kept rows of
     # sample weight x class weight of the label. Value and flags are each wanted or not (sizes).
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     acc = 0.0
@@ -282,22 +321,32 @@ def use_shuffles():
     return not config.ENABLE_CUDASIM and bool(_config.CUDA_WARP_SHUFFLE)
 
 
-def header(ct="float64", group=1, imports=()):
-    """The import block of a generated CUDA module (block size, reduction path, jit options)."""
+def header(ct="float64", group=1, imports=(), block=None, min_blocks=None):
+    """The import block of a generated CUDA module (block size, reduction path, jit options).
+
+    ``block``: threads per block (default ``_config.CUDA_BLOCK``). On a GPU the kernels get it
+    as their launch bound, with ``min_blocks`` resident blocks per SM when given (the compiler
+    then keeps registers within 65536 / (block * min_blocks)), and the vector load/store
+    intrinsics (kernels/cuda_vec.py) are imported; the simulator gets Python versions of those."""
     from numba import config
 
     from .. import _config
-    block = int(_config.CUDA_BLOCK)
+    block = int(_config.CUDA_BLOCK if block is None else block)
     if block < 32 or block > 1024 or block & (block - 1):
-        raise ValueError(f"fastloss._config.CUDA_BLOCK must be a power of two in [32, 1024], got {block}")
+        raise ValueError(f"fastloss._config CUDA block sizes must be powers of two in [32, 1024], got {block}")
     sim = bool(config.ENABLE_CUDASIM)
     scalar_opts = dict(_config.CUDA_SCALAR)
     kernel_opts = dict(_config.CUDA_KERNEL)
     if sim:  # the simulator's jit takes few options
         scalar_opts = {"device": True}
         kernel_opts = {}
-    return _HEADER.format(imports="\n".join(imports), sim=sim, block=block, group=group, ct=ct,
-                          scalar_opts=scalar_opts, kernel_opts=kernel_opts)
+        vec = "\n" + _VEC_SIM
+    else:
+        kernel_opts.setdefault("launch_bounds", (block, int(min_blocks)) if min_blocks else block)
+        vec = "from fastloss.kernels.cuda_vec import ld4, ld4_lu, st4, st4_cs"
+    shn = block // 32 if use_shuffles() else block
+    return _HEADER.format(imports="\n".join(imports), sim=sim, block=block, shn=shn, group=group, ct=ct,
+                          scalar_opts=scalar_opts, kernel_opts=kernel_opts, vec=vec)
 
 
 def reductions():

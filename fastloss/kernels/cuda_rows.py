@@ -14,6 +14,14 @@ twice whatever C is: a first pass keeps a running max and a running sum of expon
 softmax, one read), the lanes combine their (max, sum) pairs, and the second pass writes the
 gradient (12 bytes per float32 element in all). multi_margin needs one pass.
 
+When C % 4 == 0 and the pointers are aligned (the host's ``vec``), cross_entropy reads each row
+as 4-element vectors (16 bytes for float32), ``_config.CUDA_ROW_VECTORS`` of them per thread in
+flight, with one rescale of the running sum per step; its gradient pass walks each thread's
+vectors from last to first (the logits read last in pass 1 are the likeliest still in L2) with
+"last use" loads and streaming stores (``_config.CUDA_ROW_CACHE_HINTS``), so that the gradient
+does not push out of L2 the logits other rows will read again. Block-per-row kernels use
+``_config.CUDA_ROW_BLOCK`` threads (a launch bound keeps them at 64 registers).
+
 Rows handled by a group may be written in place (``out=logits``): every element is read and
 then written by the same thread, and the label's logit reaches the other lanes through a
 reduction, never through memory.
@@ -66,10 +74,10 @@ def ce_grad(xv, wv, a, b, mc, inv):
 
 
 @KERNEL_JIT
-def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
+def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmode, gscale, den_host, den, den_mul,
               partials, fparts, result, fres):
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     tid = cuda.threadIdx.x
     lane = tid % GS
     rpb = BLOCK // GS
@@ -82,6 +90,10 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
         W = cwsum[0]
     scale = grad_scale(rmode, gscale, den, den_mul)
     epsc = eps / C
+    # vec: rows are read (and the gradient written) as 4-element vectors, nv of them per row,
+    # lane l taking vectors l, l + GS, ...; the host sets it when C % 4 == 0 and the pointers
+    # are aligned. Elements from 4 nv on (all of them without vec) go one at a time.
+    nv = C // 4 if vec != 0 else 0
     acc = 0.0
     base = cuda.blockIdx.x * rpb
     while base < R:
@@ -92,15 +104,20 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
         skip = r >= R or y == ignore
         bad = (not skip) and (y < 0 or y >= C)
         live = (not skip) and (not bad)
+        ro = r * C
         # pass 1: running max m and sum s of exp(x - m); the label's logit; sum of w_c x_c
         m = NEG_INF
         s = 0.0
         sx = 0.0
         xy = 0.0
         if live:
-            if y % GS == lane:
+            if GS == BLOCK or y % GS == lane:
+                # a block reads it in every thread (its barriers order this read before any write
+                # of the row, out=logits); a warp or a thread through its owning lane
                 xy = float64(CT(x[r, y]))
-            c = lane
+            k = lane
+{P1_VEC}
+            c = 4 * nv + lane
             while c + 3 * GS < C:  # four loads in flight per thread
                 v0 = CT(x[r, c])
                 v1 = CT(x[r, c + GS])
@@ -117,18 +134,19 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
                 if eps != 0.0:
                     sx += wx(cw, c, v, has_cw)
                 c += GS
-        mx = group_max(float64(m), sh)
+        mx = CT(group_max(float64(m), sh))
         if m != NEG_INF:
-            s = s * math.exp(float64(m) - mx)
+            s = s * float64(math.exp(m - mx))
         s = group_sum(s, sh)
-        xy = group_sum(xy, sh)
+        if GS != BLOCK:
+            xy = group_sum(xy, sh)
         if eps != 0.0:
             sx = group_sum(sx, sh)
         l = 0.0
         wy = 1.0
         swr = 1.0
         if live:
-            lse = mx + math.log(s)
+            lse = float64(mx) + math.log(s)
             if has_cw:
                 wy = float64(cw[y])
             if has_sw:
@@ -144,9 +162,10 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
                 a = CT(((1.0 - eps) * wy + epsc * W) * gs)
                 b = CT(epsc * gs)
                 cy = CT((1.0 - eps) * wy * gs)
-                mc = CT(mx)
+                mc = mx
                 inv = CT(1.0 / s)
-                c = lane
+{P2_VEC}
+                c = 4 * nv + lane
                 while c + 3 * GS < C:  # four loads in flight, then four stores
                     x0 = CT(x[r, c])
                     x1 = CT(x[r, c + GS])
@@ -201,8 +220,8 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vals, grad, rmode, gs
 @KERNEL_JIT
 def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
              partials, fparts, result, fres):
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     tid = cuda.threadIdx.x
     lane = tid % GS
     rpb = BLOCK // GS
@@ -271,8 +290,8 @@ def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, d
 @KERNEL_JIT
 def multi_margin(x, labels, cw, sw, power, margin, R, C, vals, grad, rmode, gscale, den_host, den, den_mul,
                  partials, fparts, result, fres):
-    sh = cuda.shared.array(BLOCK, float64)
-    shf = cuda.shared.array(BLOCK, int64)
+    sh = cuda.shared.array(SHN, float64)
+    shf = cuda.shared.array(SHN, int64)
     tid = cuda.threadIdx.x
     lane = tid % GS
     rpb = BLOCK // GS
@@ -347,8 +366,120 @@ def multi_margin(x, labels, cw, sw, power, margin, R, C, vals, grad, rmode, gsca
 """
 
 
-def build(ct, group):
-    """Generate (once) and import the row kernels for compute dtype ``ct`` and ``group`` threads
-    per row (1, 32 or the block size)."""
-    header = cuda_helpers.header(ct=ct, group=group)
-    return codegen.load_module(f"cuda_rows_{ct}_g{group}", header, cuda_helpers.reductions() + "\n\n" + _BODY)
+def _tree(terms):
+    """A balanced sum of ``terms`` (a fixed order: the same bits every run)."""
+    terms = list(terms)
+    while len(terms) > 1:
+        nxt = [f"({terms[i]} + {terms[i + 1]})" for i in range(0, len(terms) - 1, 2)]
+        if len(terms) % 2:
+            nxt.append(terms[-1])
+        terms = nxt
+    return terms[0]
+
+
+def _p1_vec(uv, ind):
+    """Pass 1 over the row's vectors: ``uv`` vectors (4 uv values) loaded per thread before any is
+    used, one max over them, at most one rescale, their exponentials summed in the compute dtype
+    and added to the float64 running sum; then the thread's last vectors one at a time."""
+    def group(nvec, step_expr):
+        n = 4 * nvec
+        out = []
+        for u in range(nvec):
+            off = f"k + {u} * GS" if u else "k"
+            out.append(f"q{u}0, q{u}1, q{u}2, q{u}3 = ld4(x, ro + 4 * ({off}))")
+        vals = [f"q{u}{e}" for u in range(nvec) for e in range(4)]
+        out += [f"{v} = CT({v})" for v in vals]
+        # their max, as a tree of temporaries
+        level, t = vals, 0
+        while len(level) > 1:
+            nxt = []
+            for i in range(0, len(level) - 1, 2):
+                out.append(f"t{t} = {level[i]} if {level[i]} > {level[i + 1]} else {level[i + 1]}")
+                nxt.append(f"t{t}")
+                t += 1
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        out += [f"if {level[0]} > m:",
+                f"    s = s * float64(math.exp(m - {level[0]}))",
+                f"    m = {level[0]}",
+                "if m != NEG_INF:",
+                "    s += float64(" + _tree([f"math.exp({v} - m)" for v in vals]) + ")",
+                "if eps != 0.0:"]
+        idx = [(f"4 * ({f'k + {u} * GS' if u else 'k'}) + {e}", f"q{u}{e}") for u in range(nvec) for e in range(4)]
+        out.append("    sx += " + _tree([f"wx(cw, {i}, {v}, has_cw)" for i, v in idx]))
+        out.append(f"k += {step_expr}")
+        return out
+    pad = " " * ind
+    lines = [f"while k + {uv - 1} * GS < nv:  # {uv} vectors ({4 * uv} values) in flight per thread"]
+    lines += ["    " + ln for ln in group(uv, f"{uv} * GS")]
+    lines += ["while k < nv:"]
+    lines += ["    " + ln for ln in group(1, "GS")]
+    return "\n".join(pad + ln for ln in lines)
+
+
+def _p2_vec(uv, ind, hints):
+    """Pass 2 over the row's vectors, from the thread's last vector down to its first: the
+    vectors read last in pass 1 are the likeliest to be still in L2. ``uv`` vectors loaded, then
+    computed, then stored; with ``hints`` the loads are "last use" and the stores "streaming"."""
+    ld, st = ("ld4_lu", "st4_cs") if hints else ("ld4", "st4")
+
+    def group(nvec, step_expr):
+        out = []
+        for u in range(nvec):
+            off = f"kk - {u} * GS" if u else "kk"
+            out.append(f"e{u} = ro + 4 * ({off})")
+        for u in range(nvec):
+            out.append(f"q{u}0, q{u}1, q{u}2, q{u}3 = {ld}(x, e{u})")
+        for u in range(nvec):
+            for e in range(4):
+                out.append(f"w{u}{e} = CT(1.0)")
+        out.append("if has_cw:")
+        for u in range(nvec):
+            for e in range(4):
+                out.append(f"    w{u}{e} = CT(cw[e{u} - ro + {e}])")
+        for u in range(nvec):
+            for e in range(4):
+                out.append(f"g{u}{e} = ce_grad(CT(q{u}{e}), w{u}{e}, a, b, mc, inv)")
+        for u in range(nvec):
+            out += [f"d = y - (e{u} - ro)",
+                    "if d >= 0 and d < 4:",
+                    "    if d == 0:",
+                    f"        g{u}0 = g{u}0 - cy",
+                    "    elif d == 1:",
+                    f"        g{u}1 = g{u}1 - cy",
+                    "    elif d == 2:",
+                    f"        g{u}2 = g{u}2 - cy",
+                    "    else:",
+                    f"        g{u}3 = g{u}3 - cy"]
+        for u in range(nvec):
+            out.append(f"{st}(grad, e{u}, g{u}0, g{u}1, g{u}2, g{u}3)")
+        out.append(f"kk -= {step_expr}")
+        return out
+    pad = " " * ind
+    lines = ["kk = lane + ((nv - 1 - lane) // GS) * GS  # this thread's last vector (< 0: none)",
+             f"while kk >= {uv - 1} * GS:"]
+    lines += ["    " + ln for ln in group(uv, f"{uv} * GS")]
+    lines += ["while kk >= 0:"]
+    lines += ["    " + ln for ln in group(1, "GS")]
+    return "\n".join(pad + ln for ln in lines)
+
+
+def build(ct, group, block=None):
+    """Generate (once) and import the row kernels for compute dtype ``ct``, ``group`` threads per
+    row (1, 32 or the block size) and ``block`` threads per block (default CUDA_BLOCK)."""
+    from .. import _config
+    uv = int(_config.CUDA_ROW_VECTORS)
+    hints = bool(_config.CUDA_ROW_CACHE_HINTS)
+    if uv < 1:
+        raise ValueError(f"fastloss._config.CUDA_ROW_VECTORS must be >= 1, got {uv}")
+    if ct == "float64":  # as many bytes in flight in half the values (and registers)
+        uv = max(1, uv // 2)
+    min_blocks = None
+    if block is not None and group == block:  # a block per row: registers for full occupancy
+        regs = int(_config.CUDA_ROW_REGS) * (2 if ct == "float64" else 1)
+        min_blocks = max(1, 65536 // (regs * int(block)))
+    header = cuda_helpers.header(ct=ct, group=group, block=block, min_blocks=min_blocks)
+    body = _BODY.replace("{P1_VEC}", _p1_vec(uv, 12)).replace("{P2_VEC}", _p2_vec(uv, 16, hints))
+    return codegen.load_module(f"cuda_rows_{ct}_g{group}_b{block}_v{uv}{'h' if hints else ''}", header,
+                               cuda_helpers.reductions() + "\n\n" + body)
