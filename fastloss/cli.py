@@ -80,16 +80,16 @@ def plot(results, path):
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         for op, style in (("value", "o-"), ("value_and_grad", "s--")):
-            pts = sorted((r["bytes"], r["gbps"], r["ceiling_gbps"]) for r in results
-                         if r["loss"] == name and r["op"] == op)
+            pts = sorted((r["elements"], r["gbps"]) for r in results if r["loss"] == name and r["op"] == op)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=op)
-        ceil = sorted((r["bytes"], r["ceiling_gbps"]) for r in results if r["loss"] == name)
+        ceil = sorted({(r["elements"], r["ceiling_gbps"]) for r in results if r["loss"] == name})
         if ceil:
             ax.plot([c[0] for c in ceil], [c[1] for c in ceil], "k:", label="read ceiling")
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_title(name)
-        ax.set_xlabel("bytes moved")
+        ax.set_xlabel("elements")
         ax.set_ylabel("GB/s")
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(names):]:
