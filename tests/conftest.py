@@ -3,11 +3,15 @@
 * ``tol`` / ``TOL``: per-dtype tolerances, ``assert_close`` compares against a float64 reference.
 * ``rng``: a seeded NumPy Generator (seed derived from the test id, so tests are independent).
 * ``torch``: the torch module, skipping the test when torch is missing.
-* ``backend``: parametrised over the array backends (``BACKENDS``). A backend converts NumPy
-  inputs to its array type (``to_backend``) and results back to NumPy (``to_numpy``); adding a
-  CUDA backend is one more entry in ``_make_backend``.
+* ``backend``: parametrised over the array backends (``BACKENDS``): NumPy, torch CPU tensors,
+  and "cuda" (Numba device arrays: a GPU, or Numba's CUDA simulator with
+  ``NUMBA_ENABLE_CUDASIM=1``; skipped when numba.cuda cannot run). Without the simulator, "cupy"
+  and "torch_cuda" are offered too (skipped without the library or a GPU). A backend converts
+  NumPy inputs to its array type (``to_backend``) and results back to NumPy (``to_numpy``).
+  GPU backends run with small launches under the simulator (``cuda_launches``).
 * ``--runslow``: run the tests marked ``slow``.
 """
+import contextlib
 import os
 import sys
 import zlib
@@ -185,7 +189,115 @@ class TorchBackend(Backend):
         return self.torch.empty_like(x)
 
 
-BACKENDS = ["numpy", "torch_cpu"]
+class CudaBackend(Backend):
+    """GPU arrays: Numba device arrays (``numba.cuda.to_device``; the simulator's fake device arrays
+    under ``NUMBA_ENABLE_CUDASIM=1``) or CuPy arrays (PyTorch CUDA tensors are ``TorchBackend``).
+    fastloss returns results in the family it was given; a reduced value is a 0-d device array of
+    pred's dtype, which ``to_numpy`` brings back as a 0-d NumPy array."""
+
+    def __init__(self, family):
+        self.family = family
+        self.name = {"numba": "cuda", "cupy": "cupy"}[family]
+        if family == "numba":
+            from numba import cuda
+            self.cuda = cuda
+        else:
+            import cupy
+            self.cp = cupy
+
+    def to_backend(self, x):
+        if x is None:
+            return None
+        if not isinstance(x, (np.ndarray, np.generic)):
+            return x
+        a = np.array(x, order="C", copy=True)  # keeps 0-d arrays 0-d (unlike ascontiguousarray)
+        if a.dtype.byteorder not in "=|":
+            a = a.astype(a.dtype.newbyteorder("="))
+        return self.cuda.to_device(a) if self.family == "numba" else self.cp.asarray(a)
+
+    def is_native(self, x):
+        if self.family == "numba":
+            return type(x).__name__ in ("DeviceNDArray", "FakeCUDAArray")
+        return isinstance(x, self.cp.ndarray)
+
+    def to_numpy(self, x):
+        if not self.is_native(x):
+            return np.asarray(x)
+        if self.family == "numba":
+            return np.asarray(x.copy_to_host())
+        return self.cp.asnumpy(x)
+
+    def _check(self, a, dtype, shape):
+        assert self.is_native(a), f"expected a {self.name} array, got {type(a)}"
+        assert np.dtype(a.dtype) == np.dtype(dtype), (a.dtype, dtype)
+        assert tuple(a.shape) == tuple(shape), (a.shape, shape)
+
+    def check_scalar(self, v, dtype):
+        self._check(v, dtype, ())
+
+    def check_array(self, a, dtype, shape):
+        self._check(a, dtype, shape)
+
+    def empty_like(self, x):
+        if self.family == "numba":
+            return self.cuda.device_array(x.shape, x.dtype)
+        return self.cp.empty_like(x)
+
+
+def cuda_sim():
+    """True when Numba's CUDA simulator is on (read from the environment, as Numba does, so that
+    collecting the tests does not import numba.cuda)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+# CUDA settings of the simulator runs: the simulator runs every thread of a block as a Python
+# thread, so blocks are shrunk to 32 threads and grids to 3 blocks (as tests/test_cuda.py does):
+# grid-stride loops, multi-block two-stage reductions and every row path still run, at a
+# fraction of the time. A real GPU keeps its defaults.
+SIM_LAUNCH = {"CUDA_BLOCK": 32, "CUDA_MAX_BLOCKS": 3, "CUDA_ITEMS_PER_THREAD": 4,
+              "CUDA_ROW_BLOCK_MIN_C": 64, "CUDA_ROW_BLOCK": 32, "CUDA_ROW_MAX_BLOCKS": 3}
+
+
+@contextlib.contextmanager
+def cuda_launches():
+    """Small launches (and a short GIL switch interval) under the simulator; nothing on a GPU."""
+    if not cuda_sim():
+        yield
+        return
+    from fastloss import _config
+    saved = {k: getattr(_config, k) for k in SIM_LAUNCH if hasattr(_config, k)}
+    interval = sys.getswitchinterval()
+    for k in saved:
+        setattr(_config, k, SIM_LAUNCH[k])
+    sys.setswitchinterval(5e-4)  # simulator threads wait on each other at every barrier
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(_config, k, v)
+        sys.setswitchinterval(interval)
+
+
+def numba_cuda():
+    """numba.cuda if it can run kernels here (a GPU, or the simulator), else skip."""
+    try:
+        from numba import cuda
+    except Exception as exc:  # pragma: no cover - numba-cuda missing
+        pytest.skip(f"numba.cuda is unavailable: {exc}")
+    try:
+        ok = cuda.is_available()
+    except Exception:  # pragma: no cover
+        ok = False
+    if not ok:
+        pytest.skip("no CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 to run the CUDA tests on the simulator)")
+    return cuda
+
+
+# "cuda" (Numba device arrays) runs on a GPU or on the simulator; the CuPy and torch CUDA variants
+# need a real GPU, so they are not even offered under the simulator (and skip when the library or
+# the GPU is missing).
+GPU_BACKENDS = ("cuda", "cupy", "torch_cuda")
+BACKENDS = ["numpy", "torch_cpu", "cuda"] + ([] if cuda_sim() else ["cupy", "torch_cuda"])
 
 
 def _make_backend(name):
@@ -196,17 +308,33 @@ def _make_backend(name):
         if torch is None:
             pytest.skip("torch is not installed")
         return TorchBackend(torch, "cpu")
-    if name == "torch_cuda":  # pragma: no cover - for a later GPU run
+    if name == "cuda":
+        numba_cuda()
+        return CudaBackend("numba")
+    if name == "cupy":
+        numba_cuda()
+        try:
+            import cupy  # noqa: F401
+        except Exception:
+            pytest.skip("cupy is not installed")
+        return CudaBackend("cupy")
+    if name == "torch_cuda":
         torch = _import_torch()
         if torch is None or not torch.cuda.is_available():
             pytest.skip("CUDA torch is not available")
+        numba_cuda()
         return TorchBackend(torch, "cuda")
     raise ValueError(name)
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    return _make_backend(request.param)
+    b = _make_backend(request.param)
+    if request.param in GPU_BACKENDS:
+        with cuda_launches():
+            yield b
+    else:
+        yield b
 
 
 # --------------------------------------------------------------------------------------------
