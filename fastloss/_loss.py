@@ -35,11 +35,14 @@ class Option:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"{loss_name}: {self.name} must be an integer, got {value!r}")
             value = int(value)
+            if not -2**63 <= value < 2**63:
+                raise ValueError(f"{loss_name}: {self.name} must fit in 64 bits, got {value!r}")
             if self.check is not None and not self.check(value):
                 raise ValueError(f"{loss_name}: {self.name} must be {self.rule}, got {value!r}")
             return value
         if self.kind is bool:
-            if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
+            if not isinstance(value, (bool, np.bool_)) and not (isinstance(value, (int, np.integer))
+                                                               and value in (0, 1)):
                 raise TypeError(f"{loss_name}: {self.name} must be True or False, got {value!r}")
             return bool(value)
         if self.array and _arrays.on_device(value):
@@ -50,13 +53,20 @@ class Option:
                 if arr.dtype.kind not in "fiu":
                     raise TypeError(f"{loss_name}: {self.name} must be a real number or array, got dtype {arr.dtype}")
                 arr = arr.astype(np.float64)
+                if np.isnan(arr).any():
+                    raise ValueError(f"{loss_name}: {self.name} has NaN values")
                 if self.check is not None and not np.all(self.check(arr)):
                     raise ValueError(f"{loss_name}: every {self.name} must be {self.rule}")
                 return arr
             value = arr[()]
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"{loss_name}: {self.name} must be a real number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError(f"{loss_name}: {self.name} is too large for a float, got {value!r}") from None
+        if value != value:
+            raise ValueError(f"{loss_name}: {self.name} must be a number, got NaN")
         if self.check is not None and not self.check(value):
             raise ValueError(f"{loss_name}: {self.name} must be {self.rule}, got {value!r}")
         return value

@@ -16,8 +16,8 @@ This file adds, for EVERY loss, operation and argument:
 Each must raise TypeError or ValueError (exactly, not a Numba error) whose message names the
 argument, leave every input unmodified, and leave a valid ``out=`` buffer untouched.
 
-Known gaps of the implementation are marked ``xfail(strict=True)`` with the reason; they turn
-into failures when fixed, so that the mark is removed.
+Cases that were implementation bugs (found by this file, since fixed) carry
+``pytest.mark.regression`` and a comment saying what was wrong.
 """
 import numpy as np
 import pytest
@@ -129,11 +129,10 @@ def expect_error(loss, op, arg, pred, target, kw, excs=(TypeError, ValueError)):
     return e
 
 
-_BOOL_ARRAY = pytest.mark.xfail(strict=True, reason=(
-    "BUG: a boolean option given an array of several elements (poisson_nll log_input/full, "
-    "kl_div log_target) raises NumPy's 'The truth value of an array ... is ambiguous' ValueError, "
-    "which does not name the option (Option.convert: `value not in (0, 1)`)"))
-
+# Regression test: a boolean option given an array of several elements (poisson_nll 
+# log_input/full, kl_div log_target) raises NumPy's 'The truth value of an array ... is 
+# ambiguous' ValueError, which does not name the option (Option.convert: `value not in (0, 1)`)
+_BOOL_ARRAY = pytest.mark.regression
 
 # --------------------------------------------------------------------------------------------
 # values that are not arrays, in every argument of every loss
@@ -223,13 +222,12 @@ def test_ignore_index_label_is_only_valid_for_cross_entropy(fl, op, rng):
 # option values: NaN everywhere, arrays where a scalar is expected, integers out of range
 # --------------------------------------------------------------------------------------------
 
-_NAN_MARGIN = pytest.mark.xfail(strict=True, reason=(
-    "BUG/spec gap: margin has no validity rule, so margin=NaN (scalar or array) is accepted and "
-    "the loss is NaN; the brief requires NaN options to raise ValueError naming the option"))
-_NAN_CLASS_WEIGHT = pytest.mark.xfail(strict=True, reason=(
-    "BUG/spec gap: class_weight containing NaN is accepted (the loss is NaN); NaN options should "
-    "raise ValueError naming class_weight"))
-
+# Regression test: margin has no validity rule, so margin=NaN (scalar or array) is accepted and 
+# the loss is NaN; the brief requires NaN options to raise ValueError naming the option
+_NAN_MARGIN = pytest.mark.regression
+# Regression test: class_weight containing NaN is accepted (the loss is NaN); NaN options 
+# should raise ValueError naming class_weight
+_NAN_CLASS_WEIGHT = pytest.mark.regression
 
 def _nan_params():
     out = []
@@ -283,11 +281,10 @@ def test_array_for_a_scalar_option(fl, name, opt, rng):
         expect_error(getattr(fl, name), op, opt, p, t, dict(kw, **{opt: bad}))
 
 
-_BIG_INDEX = pytest.mark.xfail(strict=True, reason=(
-    "BUG: ignore_index outside int64 passes the Option(kind=int) check and reaches the kernel: "
-    "OverflowError 'int too big to convert', or numba TypingError 'non-precise type pyobject' on "
-    "the first call of a process"))
-
+# Regression test: ignore_index outside int64 passes the Option(kind=int) check and reaches the 
+# kernel: OverflowError 'int too big to convert', or numba TypingError 'non-precise type 
+# pyobject' on the first call of a process
+_BIG_INDEX = pytest.mark.regression
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("value", [pytest.param(2 ** 63, marks=_BIG_INDEX), pytest.param(-2 ** 63 - 1, marks=_BIG_INDEX),
@@ -303,10 +300,9 @@ def test_ignore_index_int64_extremes_are_fine(fl, rng):
         assert np.isfinite(fl.cross_entropy(p, t, ignore_index=v))
 
 
-_KL_AXIS = pytest.mark.xfail(strict=True, reason=(
-    "BUG: kl_div checks axis only when sample_weight is given (KLDiv._weights); without it an "
-    "out-of-range axis is ignored and a value is returned"))
-
+# Regression test: kl_div checks axis only when sample_weight is given (KLDiv._weights); 
+# without it an out-of-range axis is ignored and a value is returned
+_KL_AXIS = pytest.mark.regression
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("axis", [2, -3, 2 ** 70, np.nan, 1.0, "1", None])
@@ -318,11 +314,10 @@ def test_axis_values(fl, name, axis, op, rng, request):
     expect_error(getattr(fl, name), op, "axis", p, t, dict(kw, axis=axis))
 
 
-_HUGE_INT = pytest.mark.xfail(strict=True, reason=(
-    "BUG: an int too large for a float (10**400) given to a float option raises OverflowError "
-    "'int too large to convert to float' (Option.convert's float(value)), not TypeError/ValueError "
-    "naming the option"))
-
+# Regression test: an int too large for a float (10**400) given to a float option raises 
+# OverflowError 'int too large to convert to float' (Option.convert's float(value)), not 
+# TypeError/ValueError naming the option
+_HUGE_INT = pytest.mark.regression
 
 def _float_option_params():
     out = []

@@ -44,7 +44,10 @@ class _RowLoss(Loss):
         cw = _arrays.to_numpy(cw, "class_weight")
         if cw.shape != (C,):
             raise ValueError(f"{self.name}: class_weight has shape {cw.shape}, expected ({C},) (one weight per class)")
-        return _arrays.as_real(cw, "class_weight", np.float64)
+        cw = _arrays.as_real(cw, "class_weight", np.float64)
+        if np.isnan(cw).any():
+            raise ValueError(f"{self.name}: class_weight has NaN values")
+        return cw
 
     def _labels(self, t, lead, C, ignore_index=None):
         if t.shape != lead:
@@ -196,6 +199,11 @@ class KLDiv(ElementwiseLoss):
     """KL divergence: elementwise, but weighted per row and with PyTorch's "batchmean"."""
 
     reductions = ("mean", "sum", "none", "batchmean")
+
+    def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
+        if p.ndim:  # the class axis matters only for weights and batchmean, but must be valid
+            _class_axis(self.name, p, opts["axis"])
+        return super()._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
 
     def _weights(self, w, shape, cdt, opts):
         n = int(np.prod(shape))
