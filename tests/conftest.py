@@ -302,6 +302,8 @@ def numba_cuda():
 # test_cuda.py and test_properties.py.
 GPU_BACKENDS = ("cuda", "cupy", "torch_cuda")
 BACKENDS = ["numpy", "torch_cpu", "cuda"] + ([] if cuda_sim() else ["cupy", "torch_cuda"])
+if os.environ.get("FASTLOSS_TEST_BACKENDS"):  # e.g. "numpy,torch_cpu": only these
+    BACKENDS = [b for b in BACKENDS if b in os.environ["FASTLOSS_TEST_BACKENDS"].split(",")]
 
 
 def _make_backend(name):

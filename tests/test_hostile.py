@@ -2,8 +2,9 @@
 
 test_validation.py already checks wrong shapes and dtypes (integer, bool, complex, str and object
 arrays as pred), out-of-range labels (3, 4, -1, -2, -101, 2**40 for cross_entropy; 3, -1, -100
-for multi_margin; uint8), float labels, some out-of-range and NaN options (delta, beta, q,
-label_smoothing, gamma, p), unknown keywords for every loss, bad reductions and axes, and out=.
+for multi_margin; uint8), float labels, out-of-range options (delta, beta, q, gamma,
+label_smoothing, p) and NaN in four of them (delta, beta, q, label_smoothing), one unknown keyword
+per loss, bad reductions, cross_entropy's axis, and out=.
 This file adds, for EVERY loss, operation and argument:
 
 * values that are not arrays at all: None (where None is not the default), str, bytes, object(),
