@@ -50,8 +50,9 @@ class ScalarSource:
     (then the module cannot be cached on disk).
     """
 
-    def __init__(self, text, names, imports, injected):
+    def __init__(self, text, names, imports, injected, math_used=True):
         self.text = text
+        self.math_used = math_used  # False: arithmetic only (no exp, log, ...: a cheap loop body)
         self.names = names
         self.imports = imports
         self.injected = injected
@@ -130,6 +131,7 @@ class _Collector:
         self.names = {}  # id(function) -> generated name
         self.imports = set()
         self.constants = {}
+        self.math_used = False
 
     def add(self, fn):
         fn = _plain_function(fn)
@@ -155,6 +157,7 @@ class _Collector:
                 if obj is not math:
                     raise _NoSource(f"{fn.__qualname__} uses module {obj.__name__}; only math is allowed")
                 math_aliases.add(name)
+                self.math_used = True
                 self.imports.add(f"import math as {name}" if name != "math" else "import math")
             elif isinstance(obj, bool) or isinstance(obj, (int, float)):
                 const = f"_c_{name}"
@@ -213,7 +216,7 @@ def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False)
              for k, v in sorted(col.constants.items())]
     for d in col.defs:
         lines.append("@SCALAR_JIT\n" + d)
-    return ScalarSource("\n\n".join(lines), names, sorted(col.imports), {})
+    return ScalarSource("\n\n".join(lines), names, sorted(col.imports), {}, col.math_used)
 
 
 def load_module(kind, header, body, injected=None):

@@ -12,21 +12,24 @@ range of elements, and three parallel *drivers*, which split the input into fixe
 prunes the ``is None`` branches at compile time, so the unweighted loop never touches a weight.
 (The pruning only works on arguments that are never reassigned: hence the ``wv``/``vv`` views.)
 Sums accumulate in float64 whatever the data's dtype, in a fixed order written in the source,
-not chosen by the compiler: each block of ``_config.BLOCK`` elements is first computed into a
-small buffer (a plain map loop, which LLVM vectorises even with transcendental math inlined),
-then added into ``_config.LANES`` float64 lanes (element j into lane j % LANES), and the lanes
-are summed at the end. No 'reassoc' flag is needed, the value is bitwise the same from
-``value_chunk`` and ``both_chunk`` and on any CPU, and the partition into chunks depends only on
-the input size, so it is also the same for any thread count, serial or parallel. (One loop doing
-both the math and the lane updates was 2-4 times slower: LLVM gave up vectorising it.)
+not chosen by the compiler: element i of a chunk is added into lane i % ``_config.LANES`` of a
+float64 accumulator, each lane in order of i, and the lanes are summed at the end. No 'reassoc'
+flag is needed, the value is bitwise the same from ``value_chunk`` and ``both_chunk`` and on any
+CPU, and the partition into chunks depends only on the input size, so it is also the same for any
+thread count, serial or parallel. Two loop shapes give that order (``_BUFFERED``, ``_DIRECT``):
+losses whose math calls exp or log compute a block into a buffer first (LLVM vectorises that map
+loop, but not one that also updates the lanes), arithmetic-only losses add into the lanes
+directly (the buffer's extra store and load held them to about half the memory bandwidth).
 
-Views are indexed from 0 (``pred[start:stop]``, blocks ``[b0:b0 + BLOCK]``) because Numba drops
+Views are indexed from 0 (``pred[start:stop]``, groups ``[b0:b0 + BLOCK]``) because Numba drops
 its negative-index check only for indices it can prove non-negative, and that check in a loop
 stops vectorisation.
 
 Options (``delta``, ``q``, ...) are passed as arguments, scalars or per-element arrays
 (``param_at`` reads either), so one compiled kernel serves every option value.
 """
+import textwrap
+
 from . import codegen, vmath
 
 _HEADER = """\
@@ -58,25 +61,8 @@ def value_chunk(pred, target, weight, vals, {P}start, stop):
     if vals is not None:
         vv = vals[start:stop]
     acc = np.zeros(LANES)
-    buf = np.empty(BLOCK, dtype=pred.dtype)
     flags = 0
-    for b0 in range(0, pred.size, BLOCK):
-        pb, tb = pred[b0:b0 + BLOCK], target[b0:b0 + BLOCK]
-        {BWINDOW}
-        if weight is not None:
-            wb = wv[b0:b0 + BLOCK]
-        if vals is not None:
-            vb = vv[b0:b0 + BLOCK]
-        for j in range(pb.size):
-            t = tb[j]
-            l = {value}(pb[j], t, {PJ})
-            if weight is not None:
-                l = l * wb[j]
-            if vals is not None:
-                vb[j] = l
-            buf[j] = l
-            {FLAGS}
-        lanes_add(acc, buf[:pb.size])
+{VALUE_LOOP}
     return lane_sum(acc), flags
 
 
@@ -106,29 +92,8 @@ def both_chunk(pred, target, weight, vals, grad, scale, {P}start, stop):
     if vals is not None:
         vv = vals[start:stop]
     acc = np.zeros(LANES)
-    buf = np.empty(BLOCK, dtype=pred.dtype)
     flags = 0
-    for b0 in range(0, pred.size, BLOCK):
-        pb, tb, gb = pred[b0:b0 + BLOCK], target[b0:b0 + BLOCK], grad[b0:b0 + BLOCK]
-        {BWINDOW}
-        if weight is not None:
-            wb = wv[b0:b0 + BLOCK]
-        if vals is not None:
-            vb = vv[b0:b0 + BLOCK]
-        for j in range(pb.size):
-            p = pb[j]
-            t = tb[j]
-            l = {value}(p, t, {PJ})
-            g = {deriv}(p, t, {PJ}) * scale
-            if weight is not None:
-                l = l * wb[j]
-                g = g * wb[j]
-            if vals is not None:
-                vb[j] = l
-            gb[j] = g
-            buf[j] = l
-            {FLAGS}
-        lanes_add(acc, buf[:pb.size])
+{BOTH_LOOP}
     return lane_sum(acc), flags
 
 
@@ -156,6 +121,85 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
         sums[c] = s
         flags[c] = f
 """
+
+
+# The per-element work of value_chunk and both_chunk: l (and g) for element j of the group views
+# pb, tb, (gb, wb, vb).
+_VALUE_STEP = """\
+t = tb[j]
+l = {value}(pb[j], t, {PJ})
+if weight is not None:
+    l = l * wb[j]
+if vals is not None:
+    vb[j] = l
+{FLAGS}"""
+
+_BOTH_STEP = """\
+p = pb[j]
+t = tb[j]
+l = {value}(p, t, {PJ})
+g = {deriv}(p, t, {PJ}) * scale
+if weight is not None:
+    l = l * wb[j]
+    g = g * wb[j]
+if vals is not None:
+    vb[j] = l
+gb[j] = g
+{FLAGS}"""
+
+# Group views: elements [b0, b0 + G) of every array the step reads or writes.
+_VIEWS = """\
+pb, tb = pred[b0:b0 + {G}], target[b0:b0 + {G}]
+{GWINDOW}
+if weight is not None:
+    wb = wv[b0:b0 + {G}]
+if vals is not None:
+    vb = vv[b0:b0 + {G}]"""
+
+# Two ways to add l into the lanes, with the same result bit for bit: element i of the chunk
+# goes into lane i % LANES, and each lane adds its elements in order of i.
+#
+# Buffered (math-heavy losses): a block of BLOCK values is computed into a buffer by a plain map
+# loop, which LLVM vectorises even with exp and log inlined, then added into the lanes.
+_BUFFERED = """\
+buf = np.empty(BLOCK, dtype=pred.dtype)
+for b0 in range(0, pred.size, BLOCK):
+{VIEWS}
+    for j in range(pb.size):
+{STEP}
+        buf[j] = l
+    lanes_add(acc, buf[:pb.size])"""
+
+# Direct (arithmetic-only losses): groups of LANES elements added straight into the lanes, a
+# loop of constant trip count that LLVM vectorises with the lanes in registers; the buffer's
+# extra store and load per element cost such cheap losses up to half the memory bandwidth.
+# (With exp and log inlined LLVM does not vectorise this form.)
+_DIRECT = """\
+full = pred.size - pred.size % LANES
+for b0 in range(0, full, LANES):
+{VIEWS}
+    for j in range(LANES):
+{STEP}
+        acc[j] += l
+for b0 in range(full, pred.size, LANES):  # the last, partial group
+{VIEWS}
+    for j in range(pb.size):
+{STEP}
+        acc[j] += l"""
+
+
+def _lane_loop(step, direct, param_names, grad):
+    """The accumulating loop of a chunk kernel (indented for the kernel body)."""
+    size = "LANES" if direct else "BLOCK"
+    gwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + {size})" for n in param_names) or "pass"
+    views = _VIEWS.format(G=size, GWINDOW=gwindow)
+    if grad:
+        views = views.replace("pb, tb = pred[b0:b0 + {0}], target[b0:b0 + {0}]".format(size),
+                              "pb, tb, gb = pred[b0:b0 + {0}], target[b0:b0 + {0}], grad[b0:b0 + {0}]"
+                              .format(size))
+    loop = (_DIRECT if direct else _BUFFERED).format(VIEWS=textwrap.indent(views, "    "),
+                                                     STEP=textwrap.indent(step, "        "))
+    return textwrap.indent(loop, "    ")
 
 
 # Only for losses with target flags: the check alone, for a caller's out= buffer, which must
@@ -198,13 +242,16 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is
     # non-negative it drops the negative-index wraparound check, which would stop vectorisation.
     window = "; ".join(f"{n} = param_window({n}, start, stop)" for n in param_names) or "pass"
-    # ... and per block: option views [b0:b0 + BLOCK] under new names, read at j.
-    bwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + BLOCK)" for n in param_names) or "pass"
     pj = ", ".join(repr(static[n]) if n in static else f"param_at({n}_b, j)" for n in names_all)
     flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
     extra = _FLAGS_BODY.format(flagsfn=src.names["flags"]) if target_flags is not None else ""
+    fill = dict(value=src.names["value"], deriv=src.names["deriv"], PJ=pj, FLAGS=flags)
+    direct = not src.math_used
+    value_loop = _lane_loop(_VALUE_STEP.format(**fill), direct, param_names, grad=False)
+    both_loop = _lane_loop(_BOTH_STEP.format(**fill), direct, param_names, grad=True)
     body = extra + _BODY.format(scalars=src.text, value=src.names["value"], deriv=src.names["deriv"],
-                        P=p, PI=pi, PJ=pj, FLAGS=flags, WINDOW=window, BWINDOW=bwindow)
+                                P=p, PI=pi, FLAGS=flags, WINDOW=window, VALUE_LOOP=value_loop,
+                                BOTH_LOOP=both_loop)
     header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype)
     kind = f"cpu_{name}_{dtype}" + "".join(f"_{n}{int(v)}" for n, v in sorted(static.items()))
     return codegen.load_module(kind, header, body, src.injected)
