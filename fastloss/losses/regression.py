@@ -113,17 +113,26 @@ array([0.125, 2.5  ])
 
 
 # -- log_cosh -------------------------------------------------------------------------------------
+# Both functions start from m = e^|d| − 1 (expm1: exact to the last bit for small |d|, where the
+# textbook |d| + log1p(e^(−2|d|)) − log 2 cancels to nothing: at d = 1e-4 it returned 0 in float32
+# instead of 5e-9). Beyond |d| = 40, e^(−2|d|) is below every float's precision next to |d|, so
+# the closed forms take over there and m never overflows.
+_LOG_COSH_BIG = 40.0
+
+
 def log_cosh_value(p, t):
-    # log cosh d = |d| + log(1 + e^(−2|d|)) − log 2: no overflow for any finite d.
+    # log cosh a = log1p(cosh a − 1) and cosh a − 1 = m² / (2(1 + m)): no cancellation anywhere.
     a = abs(p - t)
-    return a + math.log1p(math.exp(-2.0 * a)) - _LOG2
+    m = math.expm1(a)
+    return math.log1p(0.5 * m * (m / (1.0 + m))) if a <= _LOG_COSH_BIG else a - _LOG2
 
 
 def log_cosh_deriv(p, t):
-    # tanh d, from the same e^(−2|d|) (never overflows).
+    # tanh a = (e^2a − 1) / (e^2a + 1) with e^2a − 1 = m (m + 2); the sign of d outside.
     d = p - t
-    e = math.exp(-2.0 * abs(d))
-    g = (1.0 - e) / (1.0 + e)
+    m = math.expm1(abs(d))
+    q = m * (m + 2.0)
+    g = q / (q + 2.0) if abs(d) <= _LOG_COSH_BIG else 1.0
     return g if d >= 0.0 else (-g if d < 0.0 else d)
 
 
@@ -131,7 +140,8 @@ log_cosh = elementwise_loss(log_cosh_value, log_cosh_deriv, name="log_cosh", doc
 
     l = log cosh(p − t),   dl/dp = tanh(p − t)
 
-Computed as |d| + log1p(e^(−2|d|)) − log 2, finite for every finite d.
+Computed from m = expm1(|d|) as log1p(m² / (2(1 + m))), and as |d| − log 2 beyond |d| = 40: finite
+for every finite d and accurate to a few ulp relative for every d, however small.
 pred, target: arrays of the same shape. Reference: optax.losses.log_cosh.
 
 >>> import numpy as np, fastloss as fl
