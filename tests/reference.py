@@ -169,8 +169,7 @@ def bce_with_logits(pred, target, pos_weight=None, reduction="mean", sample_weig
     pw = 1.0 if pos_weight is None else np.broadcast_to(_f64(pos_weight), x.shape)
     # l = -[pw t log s(x) + (1 - t) log(1 - s(x))] = pw t softplus(-x) + (1 - t) softplus(x)
     l = pw * t * _softplus(-x) + (1.0 - t) * _softplus(x)
-    s = _sigmoid(x)
-    g = -pw * t * (1.0 - s) + (1.0 - t) * s
+    g = -pw * t * _sigmoid(-x) + (1.0 - t) * _sigmoid(x)  # 1 - s(x) as s(-x): no cancellation
     return _reduce_elementwise(l, g, reduction, sample_weight)
 
 

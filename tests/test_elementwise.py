@@ -274,6 +274,13 @@ def test_logit_losses_confident_predictions_keep_relative_accuracy(fl, dtype):
     keep = expected > (1e-37 if dtype == np.float32 else 0.0)  # float32 underflows
     assert np.all(v >= 0) and np.all(v[keep] > 0)
     np.testing.assert_allclose(v[keep], expected[keep], rtol=rtol * 10, atol=0)
+    # ... and so do their gradients (σ(x) − t cancels to 0 at x = 20, t = 1 unless it is written
+    # with σ(−x): the focal gradient lost a third of its value there).
+    for name in ("bce_with_logits", "sigmoid_focal"):
+        g = np.asarray(getattr(fl, name).grad(pred, target, reduction="none"), dtype=np.float64)
+        expected = ref.ELEMENTWISE[name](pred, target, reduction="none")[1]
+        keep = np.abs(expected) > (1e-37 if dtype == np.float32 else 0.0)
+        np.testing.assert_allclose(g[keep], expected[keep], rtol=rtol * 10, atol=0, err_msg=name)
 
 
 def test_bce_clamps_logs(fl):
