@@ -164,6 +164,33 @@ def test_user_loss_math_functions(fl, rng):
     assert_close(g, np.tanh(p - t) / 6, np.float64)
 
 
+def _softplus_value(p, t):
+    return math.log1p(math.exp(p - t))
+
+
+def _softplus_deriv(p, t):
+    return 1.0 / (1.0 + math.exp(t - p))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_user_loss_softplus_idiom(fl, dtype):
+    """math.log1p(math.exp(x)) is fused into one vectorisable softplus on the CPU in float32
+    (kernels/vmath.py: vsoftplus); results match np.logaddexp(0, x) over the whole range."""
+    sp = fl.elementwise_loss(_softplus_value, _softplus_deriv, name="my_softplus")
+    x = np.concatenate([np.linspace(-120, 120, 4001), [0.0, -0.0, 1e-8, -1e-8, 200.0, -200.0]])
+    p = x.astype(dtype)
+    t = np.zeros_like(p)
+    v = sp(p, t, reduction="none")
+    expected = np.logaddexp(0.0, p.astype(np.float64))
+    tiny = np.finfo(dtype).tiny
+    keep = expected > tiny  # float32 underflows below e^-87
+    np.testing.assert_allclose(np.asarray(v, np.float64)[keep], expected[keep],
+                               rtol=8 * np.finfo(dtype).eps, atol=0)
+    assert np.all(np.asarray(v)[~keep] <= 2 * tiny)
+    fused = hasattr(sp.cpu_kernels((), np.dtype(dtype).name), "_i_vsoftplus")
+    assert fused == (dtype == np.float32)
+
+
 def test_user_loss_two_params(fl, rng):
     def val(p, t, a, b):
         return a * (p - t) ** 2 + b * abs(p - t)

@@ -95,10 +95,31 @@ def _resolve(fn, name):
 
 
 class _MathCalls(ast.NodeTransformer):
-    """Rewrites ``math.NAME`` (``math`` under any alias) to replacement functions."""
+    """Rewrites ``math.NAME`` (``math`` under any alias) to replacement functions, and
+    ``math.OUTER(math.INNER(x))`` to one fused function where ``replace`` has "OUTER(INNER)"."""
 
     def __init__(self, aliases, replace):
         self.aliases, self.replace, self.used = aliases, replace, set()
+
+    def _is_math(self, node, name):
+        return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in self.aliases and node.attr == name)
+
+    def visit_Call(self, node):
+        # Idioms with a fused replacement: "log1p(exp)" is math.log1p(math.exp(x)), softplus.
+        for outer, inner in (("log1p", "exp"),):
+            fused = self.replace.get(f"{outer}({inner})")
+            if (fused is not None and self._is_math(node.func, outer) and len(node.args) == 1
+                    and not node.keywords and isinstance(node.args[0], ast.Call)
+                    and self._is_math(node.args[0].func, inner) and len(node.args[0].args) == 1
+                    and not node.args[0].keywords):
+                self.used.add(fused)
+                arg = self.visit(node.args[0].args[0])
+                call = ast.Call(func=ast.Name(id=f"_i_{fused.__name__}", ctx=ast.Load()),
+                                args=[arg], keywords=[])
+                return ast.copy_location(call, node)
+        self.generic_visit(node)
+        return node
 
     def visit_Attribute(self, node):
         self.generic_visit(node)

@@ -233,7 +233,7 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     float32 (twice the SIMD width) while sums still accumulate in float64."""
     static = static or {}
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
-                                replace_math=vmath.CPU_REPLACEMENTS, typed_floats=True)
+                                replace_math=vmath.cpu_replacements(dtype), typed_floats=True)
     names_all = list(param_names)
     args = [n for n in param_names if n not in static]
     p = "".join(f"{n}, " for n in args)
