@@ -2,6 +2,7 @@
 machine's bandwidth ceiling, side by side in one run, and prints a table."""
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -83,7 +84,12 @@ def plot(results, path):
             pts = sorted((r["elements"], r["gbps"]) for r in results if r["loss"] == name and r["op"] == op)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=op)
-        ceil = sorted({(r["elements"], r["ceiling_gbps"]) for r in results if r["loss"] == name})
+        # Each case measured its own ceiling (interleaved with it): draw their median per size.
+        by_size = {}
+        for r in results:
+            if r["loss"] == name:
+                by_size.setdefault(r["elements"], []).append(r["ceiling_gbps"])
+        ceil = sorted((n, statistics.median(v)) for n, v in by_size.items())
         if ceil:
             ax.plot([c[0] for c in ceil], [c[1] for c in ceil], "k:", label="read ceiling")
         ax.set_xscale("log", base=2)

@@ -33,13 +33,37 @@ def median_time(fn, min_time=0.02, samples=5):
     return statistics.median(times)
 
 
-def read_ceiling(nbytes, min_time=0.02, samples=5):
-    """GB/s of a plain parallel streaming read of ``nbytes`` (the CPU's bandwidth ceiling)."""
+def median_times_interleaved(fns, min_time=0.02, samples=5):
+    """Like ``median_time`` for several functions at once, their samples taken in turn (a, b, a,
+    b, ...), so that a slow spell of a shared machine hits all of them alike."""
+    loops = []
+    for fn in fns:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        loops.append(max(1, int(min_time / max(time.perf_counter() - t0, 1e-7))))
+    times = [[] for _ in fns]
+    for _ in range(samples):
+        for fn, n, ts in zip(fns, loops, times):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            ts.append((time.perf_counter() - t0) / n)
+    return [statistics.median(ts) for ts in times]
+
+
+def ceiling_reader(nbytes):
+    """A function that reads ``nbytes`` with the plain parallel streaming read of the ceiling."""
     from ..kernels.cpu_stream import stream_sum
 
     buf = np.ones(max(1, nbytes // 4), dtype=np.float32)
-    t = median_time(lambda: stream_sum(buf), min_time, samples)
-    return buf.nbytes / t / 1e9
+    return lambda: stream_sum(buf)
+
+
+def read_ceiling(nbytes, min_time=0.02, samples=5):
+    """GB/s of a plain parallel streaming read of ``nbytes`` (the CPU's bandwidth ceiling)."""
+    t = median_time(ceiling_reader(nbytes), min_time, samples)
+    return max(1, nbytes // 4) * 4 / t / 1e9
 
 
 def _torch_call(fn, pred, target, case, backward):
@@ -60,7 +84,12 @@ def _torch_call(fn, pred, target, case, backward):
 
 
 def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, ceilings=None, torch_fns=None):
-    """Measure one (loss, shape, dtype, op) on the CPU: a dict of times, bytes and ratios."""
+    """Measure one (loss, shape, dtype, op) on the CPU: a dict of times, bytes and ratios.
+
+    The ceiling is measured afresh for every case, and the samples of fastloss, the ceiling,
+    NumPy and PyTorch are interleaved: on a shared machine the bandwidth wandered between about
+    40 and 70 GB/s within a sweep, so one ceiling taken at its start, or baselines timed apart,
+    moved the ratios by ±30%."""
     case = CASES[name]
     loss = LOSSES[name]
     pred, target = case.inputs(shape, np.dtype(dtype), rng)
@@ -74,22 +103,23 @@ def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, ceilings=N
         base = lambda: case.numpy_vg(pred, target)  # noqa: E731
     res = {"loss": name, "op": op, "backend": "cpu", "shape": list(shape), "dtype": str(np.dtype(dtype)),
            "elements": int(pred.size)}
-    res["fastloss_s"] = median_time(fast, min_time, samples)
-    res["numpy_s"] = median_time(base, min_time, samples)
+    # The ceiling reads the bytes of pred and target. All samples are taken in turn (fastloss,
+    # ceiling, NumPy, PyTorch, fastloss, ...), so that every ratio compares like with like.
+    key = int(pred.nbytes + target.nbytes)
+    fns = [fast, ceiling_reader(key), base]
     torch_fns = torch_baselines() if torch_fns is None else torch_fns
     if name in torch_fns:
-        res["torch_s"] = median_time(_torch_call(torch_fns[name], pred, target, case, op != "value"),
-                                     min_time, samples)
+        fns.append(_torch_call(torch_fns[name], pred, target, case, op != "value"))
+    times = median_times_interleaved(fns, min_time, samples)
+    res["fastloss_s"], ceil_s, res["numpy_s"] = times[:3]
+    if len(times) > 3:
+        res["torch_s"] = times[3]
+    ceil = (max(1, key // 4) * 4) / ceil_s / 1e9
     nbytes = case.bytes_moved(pred, target, op)
     res["bytes"] = int(nbytes)
     res["gbps"] = nbytes / res["fastloss_s"] / 1e9
-    key = int(pred.nbytes + target.nbytes)
-    if ceilings is not None and key in ceilings:
-        ceil = ceilings[key]
-    else:
-        ceil = read_ceiling(key, min_time, samples)
-        if ceilings is not None:
-            ceilings[key] = ceil
+    if ceilings is not None:  # the last ceiling measured for these bytes, for callers
+        ceilings[key] = ceil
     res["ceiling_gbps"] = ceil
     res["fraction_of_ceiling"] = res["gbps"] / ceil
     res["speedup_numpy"] = res["numpy_s"] / res["fastloss_s"]
