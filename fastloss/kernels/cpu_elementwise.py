@@ -149,7 +149,7 @@ gb[j] = g
 
 # Group views: elements [b0, b0 + G) of every array the step reads or writes.
 _VIEWS = """\
-pb, tb = pred[b0:b0 + {G}], target[b0:b0 + {G}]
+{STREAMS}
 {GWINDOW}
 if weight is not None:
     wb = wv[b0:b0 + {G}]
@@ -192,11 +192,9 @@ def _lane_loop(step, direct, param_names, grad):
     """The accumulating loop of a chunk kernel (indented for the kernel body)."""
     size = "LANES" if direct else "BLOCK"
     gwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + {size})" for n in param_names) or "pass"
-    views = _VIEWS.format(G=size, GWINDOW=gwindow)
-    if grad:
-        views = views.replace("pb, tb = pred[b0:b0 + {0}], target[b0:b0 + {0}]".format(size),
-                              "pb, tb, gb = pred[b0:b0 + {0}], target[b0:b0 + {0}], grad[b0:b0 + {0}]"
-                              .format(size))
+    streams = (("pb", "pred"), ("tb", "target")) + ((("gb", "grad"),) if grad else ())
+    streams = f"{', '.join(v for v, _ in streams)} = {', '.join(f'{a}[b0:b0 + {size}]' for _, a in streams)}"
+    views = _VIEWS.format(G=size, GWINDOW=gwindow, STREAMS=streams)
     loop = (_DIRECT if direct else _BUFFERED).format(VIEWS=textwrap.indent(views, "    "),
                                                      STEP=textwrap.indent(step, "        "))
     return textwrap.indent(loop, "    ")

@@ -24,6 +24,8 @@ for float16/float32 data, float64 for float64), block size and reduction path. T
 computes in the compute dtype (its float literals are typed, as on the CPU); sums accumulate in
 float64. Every module is compiled once per argument dtypes and cached on disk.
 """
+import textwrap
+
 from . import codegen, cuda_helpers
 
 # {P}: comma-terminated option names; {*_LOOP}: the grid-stride loops (see _loop).
@@ -90,64 +92,9 @@ def both_kernel(pred, target, weight, wdiv, winner, vals, grad, {P}n, vec, rmode
 """
 
 
-# The grid-stride loops, written per element (suffix {k}, index {ix}) and unrolled by two: each
-# thread loads elements i and i + step before computing either (two loads in flight), and adds
-# them to its sum in the order i, i + step, ..., the order of the loop without unrolling, so
-# unrolling changes no result.
-_LOAD = """\
-        p{k} = CT(pred[{ix}])
-        t{k} = CT(target[{ix}])
-"""
-_VALUE = """\
-        l{k} = {value}(p{k}, t{k}, {PI})
-        if has_w:
-            l{k} = l{k} * CT(weight[widx({ix}, wdiv, winner)])
-        if has_v:
-            vals[{ix}] = l{k}
-"""
-_GRAD = """\
-        g{k} = {deriv}(p{k}, t{k}, {PI}) * scale
-        if has_w:
-            g{k} = g{k} * CT(weight[widx({ix}, wdiv, winner)])
-        grad[{ix}] = g{k}
-"""
-_BOTH = """\
-        l{k} = {value}(p{k}, t{k}, {PI})
-        g{k} = {deriv}(p{k}, t{k}, {PI}) * scale
-        if has_w:
-            w{k} = CT(weight[widx({ix}, wdiv, winner)])
-            l{k} = l{k} * w{k}
-            g{k} = g{k} * w{k}
-        if has_v:
-            vals[{ix}] = l{k}
-        grad[{ix}] = g{k}
-"""
-
-
-def _loop(part, value, deriv, pnames, static, array_params, flags, acc):
-    """The unrolled grid-stride loop of one kernel, and its one-element tail. Both elements are
-    loaded before either is stored: a store may alias a later load (out=pred), so the compiler
-    could not move the second load above the first store itself."""
-    def elem(k, ix):
-        pi = ", ".join(repr(static[n]) if n in static else (f"CT({n}[{ix}])" if n in array_params else f"CT({n})")
-                       for n in pnames)
-        text = part.format(k=k, ix=ix, value=value, deriv=deriv, PI=pi)
-        if acc:
-            text += f"        acc += float64(l{k})\n"
-        if flags:
-            text += f"        flags |= {flags}(t{k})\n"
-        return text
-    return ("    while i + step < n:\n        j = i + step\n" + _LOAD.format(k=0, ix="i") + _LOAD.format(k=1, ix="j")
-            + elem(0, "i") + elem(1, "j") + "        i = j + step\n"
-            + "    if i < n:\n" + _LOAD.format(k=0, ix="i") + elem(0, "i"))
-
-
-# The vector loop (vec != 0): vectors of 4 elements, EV of them per thread per step, at vector
-# indices k, k + BLOCK, ... (coalesced: a warp reads 512 contiguous bytes per load); all loads of
-# a step before any computation, all stores after it. The thread adds its values to its sum in
-# index order within the step. Elements past the last whole vector (n % 4) are left to the
-# scalar loop, which then starts at 4 nv.
-_VCOMP = {
+# What each kernel computes per element (suffix {k}, index {ix}, the options {PI}): the same for
+# the grid-stride loop and the vector loop below; the scalar loop also stores per element.
+_COMPUTE = {
     "value": """\
 l{k} = {value}(p{k}, t{k}, {PI})
 if has_w:
@@ -167,8 +114,51 @@ if has_w:
     g{k} = g{k} * w{k}
 """,
 }
+_STORE_VALS = "if has_v:\n    vals[{ix}] = l{k}\n"
+_STORE_GRAD = "grad[{ix}] = g{k}\n"
 
 
+def _option_args(pnames, static, array_params, ix):
+    """The options as the scalar math's arguments at element ``ix``: constants, per-element
+    arrays read at ``ix``, or scalars."""
+    return ", ".join(repr(static[n]) if n in static else (f"CT({n}[{ix}])" if n in array_params else f"CT({n})")
+                     for n in pnames)
+
+
+# The grid-stride loops, written per element and unrolled by two: each thread loads elements i
+# and i + step before computing either (two loads in flight), and adds them to its sum in the
+# order i, i + step, ..., the order of the loop without unrolling, so unrolling changes no result.
+_LOAD = """\
+        p{k} = CT(pred[{ix}])
+        t{k} = CT(target[{ix}])
+"""
+_VALUE = textwrap.indent(_COMPUTE["value"] + _STORE_VALS, " " * 8)
+_GRAD = textwrap.indent(_COMPUTE["grad"] + _STORE_GRAD, " " * 8)
+_BOTH = textwrap.indent(_COMPUTE["both"] + _STORE_VALS + _STORE_GRAD, " " * 8)
+
+
+def _loop(part, value, deriv, pnames, static, array_params, flags, acc):
+    """The unrolled grid-stride loop of one kernel, and its one-element tail. Both elements are
+    loaded before either is stored: a store may alias a later load (out=pred), so the compiler
+    could not move the second load above the first store itself."""
+    def elem(k, ix):
+        pi = _option_args(pnames, static, array_params, ix)
+        text = part.format(k=k, ix=ix, value=value, deriv=deriv, PI=pi)
+        if acc:
+            text += f"        acc += float64(l{k})\n"
+        if flags:
+            text += f"        flags |= {flags}(t{k})\n"
+        return text
+    return ("    while i + step < n:\n        j = i + step\n" + _LOAD.format(k=0, ix="i") + _LOAD.format(k=1, ix="j")
+            + elem(0, "i") + elem(1, "j") + "        i = j + step\n"
+            + "    if i < n:\n" + _LOAD.format(k=0, ix="i") + elem(0, "i"))
+
+
+# The vector loop (vec != 0): vectors of 4 elements, EV of them per thread per step, at vector
+# indices k, k + BLOCK, ... (coalesced: a warp reads 512 contiguous bytes per load); all loads of
+# a step before any computation, all stores after it. The thread adds its values to its sum in
+# index order within the step. Elements past the last whole vector (n % 4) are left to the
+# scalar loop, which then starts at 4 nv.
 def _vec_loop(kind, value, deriv, pnames, static, array_params, flags, acc, ev):
     def step(nvec, advance):
         out = []
@@ -183,9 +173,8 @@ def _vec_loop(kind, value, deriv, pnames, static, array_params, flags, acc, ev):
                 k, ix = f"{u}_{e}", f"b{u} + {e}"
                 out.append(f"p{k} = CT(p{k})")
                 out.append(f"t{k} = CT(t{k})")
-                pi = ", ".join(repr(static[n]) if n in static else (f"CT({n}[{ix}])" if n in array_params else f"CT({n})")
-                               for n in pnames)
-                out += _VCOMP[kind].format(k=k, ix=ix, value=value, deriv=deriv, PI=pi).splitlines()
+                pi = _option_args(pnames, static, array_params, ix)
+                out += _COMPUTE[kind].format(k=k, ix=ix, value=value, deriv=deriv, PI=pi).splitlines()
                 if acc:
                     out.append(f"acc += float64(l{k})")
                 if flags:
