@@ -141,7 +141,7 @@ def bench(argv):
     import numpy as np
 
     torch_fns = cases.torch_baselines()
-    results, ceilings = [], {}
+    results = []
     rng = np.random.default_rng(0)
     progress = _Progress(len(plan) + (0 if args.no_startup else 1))
     startup = None
@@ -151,7 +151,7 @@ def bench(argv):
         progress.step("import and compile times")
     t0 = time.perf_counter()
     for name, shape, dtype, op in plan:
-        results.append(runner.bench_case(name, shape, dtype, op, rng, args.min_time, args.samples, ceilings,
+        results.append(runner.bench_case(name, shape, dtype, op, rng, args.min_time, args.samples,
                                          torch_fns))
         progress.step(f"{name} {op} {'x'.join(map(str, shape))} {dtype}")
     elapsed = time.perf_counter() - t0

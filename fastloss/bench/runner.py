@@ -17,25 +17,11 @@ from .. import LOSSES
 from .cases import CASES, torch_baselines
 
 
-def median_time(fn, min_time=0.02, samples=5):
-    """Median seconds per call of ``fn`` over ``samples`` samples of at least ``min_time`` each."""
-    fn()  # warm up (compilation, caches, allocator)
-    t0 = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - t0, 1e-7)
-    loops = max(1, int(min_time / once))
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        for _ in range(loops):
-            fn()
-        times.append((time.perf_counter() - t0) / loops)
-    return statistics.median(times)
-
-
-def median_times_interleaved(fns, min_time=0.02, samples=5):
-    """Like ``median_time`` for several functions at once, their samples taken in turn (a, b, a,
-    b, ...), so that a slow spell of a shared machine hits all of them alike."""
+def median_times(fns, min_time=0.02, samples=5):
+    """Median seconds per call of each of ``fns`` over ``samples`` samples of at least
+    ``min_time`` each, the samples taken in turn (a, b, a, b, ...) so that a slow spell of a
+    shared machine hits all of them alike. Each function is called twice first (compilation,
+    caches, allocator; the second call sizes its samples)."""
     loops = []
     for fn in fns:
         fn()
@@ -62,7 +48,7 @@ def ceiling_reader(nbytes):
 
 def read_ceiling(nbytes, min_time=0.02, samples=5):
     """GB/s of a plain parallel streaming read of ``nbytes`` (the CPU's bandwidth ceiling)."""
-    t = median_time(ceiling_reader(nbytes), min_time, samples)
+    (t,) = median_times([ceiling_reader(nbytes)], min_time, samples)
     return max(1, nbytes // 4) * 4 / t / 1e9
 
 
@@ -83,7 +69,7 @@ def _torch_call(fn, pred, target, case, backward):
     return run_bwd
 
 
-def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, ceilings=None, torch_fns=None):
+def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, torch_fns=None):
     """Measure one (loss, shape, dtype, op) on the CPU: a dict of times, bytes and ratios.
 
     The ceiling is measured afresh for every case, and the samples of fastloss, the ceiling,
@@ -110,7 +96,7 @@ def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, ceilings=N
     torch_fns = torch_baselines() if torch_fns is None else torch_fns
     if name in torch_fns:
         fns.append(_torch_call(torch_fns[name], pred, target, case, op != "value"))
-    times = median_times_interleaved(fns, min_time, samples)
+    times = median_times(fns, min_time, samples)
     res["fastloss_s"], ceil_s, res["numpy_s"] = times[:3]
     if len(times) > 3:
         res["torch_s"] = times[3]
@@ -118,8 +104,6 @@ def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, ceilings=N
     nbytes = case.bytes_moved(pred, target, op)
     res["bytes"] = int(nbytes)
     res["gbps"] = nbytes / res["fastloss_s"] / 1e9
-    if ceilings is not None:  # the last ceiling measured for these bytes, for callers
-        ceilings[key] = ceil
     res["ceiling_gbps"] = ceil
     res["fraction_of_ceiling"] = res["gbps"] / ceil
     res["speedup_numpy"] = res["numpy_s"] / res["fastloss_s"]
