@@ -68,10 +68,10 @@ were chosen so the truncation error is far below half an ulp:
 
 * exp:  ``exp(r) = 1 + r + r**2 * P(r)`` on ``|r| <= ln2/2``;
   P has degree 10 (float64) / 4 (float32).
-* softplus: ``log1p(e) = e * S(e)`` for ``e = exp(-|x|)`` in [0, 1], S of degree 9
-  (float32) / 21 (float64): no range reduction and no division (about a third of
-  ``vlog1p``'s work in float32). In float64 LLVM does not inline it into a loop (too long),
-  so kernels use it in float32 only (see ``cpu_replacements``).
+* softplus, float32: ``log1p(e) = e * S(e)`` for ``e = exp(-|x|)`` in [0, 1], S of degree 9:
+  no range reduction and no division, about a third of ``vlog1p``'s work. float64 composes
+  ``vlog1p(vexp(.))``; LLVM does not inline vsoftplus into a loop there (too long), so kernels
+  use it in float32 only (see ``cpu_replacements``).
 * log:  ``log(1+f) = 2*atanh(s)``, ``s = f/(2+f)``, ``|s| <= 3 - 2*sqrt(2)``:
   ``2*atanh(s) = 2s + s*z*Q(z)`` with ``z = s*s``; Q has degree 6 (float64) /
   3 (float32).  The final summation follows the classic fdlibm ordering
@@ -173,31 +173,7 @@ _EXP_P32 = (
     0.0013926184,
 )
 
-# S(e) ~ log1p(e) / e on 0 <= e <= 1 (see vsoftplus).
-_LOG1P_UNIT64 = (
-    1.0,
-    -0.49999999999999833,
-    0.3333333333330646,
-    -0.2499999999826481,
-    0.19999999940349814,
-    -0.16666665403691092,
-    0.14285696309567308,
-    -0.12499817769513955,
-    0.11109740896460193,
-    -0.09992127821760016,
-    0.09055567515590733,
-    -0.08207163680437429,
-    0.07329015255534954,
-    -0.06288754670783146,
-    0.05007742395391704,
-    -0.03553052540144125,
-    0.021511022653356974,
-    -0.01061469636358553,
-    0.004047809893467512,
-    -0.0011093809681700342,
-    0.00019330794553431145,
-    -1.6020216725538194e-05,
-)
+# S(e) ~ log1p(e) / e on 0 <= e <= 1 (float32 vsoftplus; see the module docstring).
 _LOG1P_UNIT32 = (
     1.0,
     -0.49999893,
@@ -269,9 +245,8 @@ def _fit_coefficients(dps: int = 60) -> dict:
             fit32 = fit(func, lo, hi, len(coeffs32) - 1)
             out[f"_{name}64"] = tuple(float(c) for c in fit64)
             out[f"_{name}32"] = tuple(np.float32(float(c)) for c in fit32)
-        for coeffs, name in ((_LOG1P_UNIT64, "_LOG1P_UNIT64"), (_LOG1P_UNIT32, "_LOG1P_UNIT32")):
-            fitted = fit(s_log1p, mp.mpf(0), mp.mpf(1), len(coeffs) - 1)
-            out[name] = tuple((np.float32 if name.endswith("32") else float)(float(c)) for c in fitted)
+        out["_LOG1P_UNIT32"] = tuple(np.float32(float(c)) for c in
+                                     fit(s_log1p, mp.mpf(0), mp.mpf(1), len(_LOG1P_UNIT32) - 1))
     return out
 
 
@@ -451,7 +426,7 @@ def _build(np_float):
 
     exp_poly = _make_horner(tuple(float(F(c)) for c in (_EXP_P32 if is32 else _EXP_P64)))
     log_poly = _make_horner(tuple(float(F(c)) for c in (_LOG_Q32 if is32 else _LOG_Q64)))
-    log1p_unit_poly = _make_horner(tuple(float(F(c)) for c in (_LOG1P_UNIT32 if is32 else _LOG1P_UNIT64)))
+    log1p_unit_poly = _make_horner(tuple(float(F(c)) for c in _LOG1P_UNIT32))
 
     @register_jitable(**_IMPL_OPTIONS)
     def exp_reduce(x):
@@ -520,7 +495,11 @@ def _build(np_float):
         # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), e^-|x| in [0, 1]. NaN: the max gives 0, the
         # log1p term NaN; x = +-inf: inf + 0, 0 + 0.
         e = vexp(-abs(x))
-        return (x if x > ZERO else ZERO) + e * log1p_unit_poly(e)
+        if is32:
+            tail = e * log1p_unit_poly(e)
+        else:  # kernels use vsoftplus in float32 only (see cpu_replacements)
+            tail = vlog1p(e)
+        return (x if x > ZERO else ZERO) + tail
 
     return {
         vexp: vexp_impl,
