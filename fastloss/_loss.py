@@ -21,10 +21,15 @@ class Option:
     ``kind`` is ``float`` or ``bool``.
     """
 
-    def __init__(self, name, default, check=None, rule="", kind=float, array=False, none_as=None, host=False):
+    def __init__(self, name, default, check=None, rule="", kind=float, array=False, none_as=None, host=False,
+                 fast=()):
         self.name, self.default, self.check, self.rule = name, default, check, rule
         self.kind, self.array, self.none_as = kind, array, none_as
         self.host = host  # used by the Python layer only, never passed to a kernel
+        # Values the CPU kernels get a loop of their own for, with the option a constant there
+        # (kernels/cpu_elementwise.py): for a value that makes the math much cheaper, such as
+        # the focal loss's default gamma = 2, where u**gamma is u*u instead of exp(gamma log u).
+        self.fast = tuple(float(v) for v in fast)
 
     def convert(self, loss_name, value):
         if value is None and self.none_as is not None:
@@ -184,9 +189,10 @@ class ElementwiseLoss(Loss):
         mod = self._cpu.get(key)
         if mod is None:
             from .kernels import cpu_elementwise
+            fast = {o.name: o.fast for o in self.options if o.fast and not o.host}
             mod = self._cpu[key] = cpu_elementwise.build(self.name, self.value_fn, self.deriv_fn,
                                                          self.kernel_options(), self.target_flags, dict(static),
-                                                         dtype)
+                                                         dtype, fast)
         return mod
 
     def cuda_kernels(self, array_params=(), ct="float64", static=()):

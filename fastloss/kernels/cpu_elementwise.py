@@ -37,7 +37,7 @@ import math
 import numpy as np
 from numba import njit, prange
 from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES, BLOCK
-from fastloss.kernels.cpu_helpers import lane_sum, lanes_add, param_at, param_window
+from fastloss.kernels.cpu_helpers import lane_sum, lanes_add, param_at, param_is, param_window
 {imports}
 
 CACHE = True
@@ -47,7 +47,7 @@ KERNEL_JIT = njit(**dict(CPU_KERNEL, cache=CACHE))
 PARALLEL_JIT = njit(**dict(CPU_PARALLEL, cache=CACHE))
 """
 
-# {P} is the comma-terminated list of option names ("delta, " or ""), {PI} the same read at i.
+# {P} is the comma-terminated list of option names ("delta, " or "").
 _BODY = """\
 {scalars}
 
@@ -73,13 +73,7 @@ def grad_chunk(pred, target, weight, grad, scale, {P}start, stop):
     if weight is not None:
         wv = weight[start:stop]
     flags = 0
-    for i in range(pred.size):
-        t = target[i]
-        g = {deriv}(pred[i], t, {PI}) * scale
-        if weight is not None:
-            g = g * wv[i]
-        grad[i] = g
-        {FLAGS}
+{GRAD_LOOP}
     return flags
 
 
@@ -122,6 +116,16 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
         flags[c] = f
 """
 
+
+# grad_chunk's loop: a plain map, which LLVM vectorises with exp and log inlined.
+_GRAD_LOOP = """\
+for i in range(pred.size):
+    t = target[i]
+    g = {deriv}(pred[i], t, {PI}) * scale
+    if weight is not None:
+        g = g * wv[i]
+    grad[i] = g
+    {FLAGS}"""
 
 # The per-element work of value_chunk and both_chunk: l (and g) for element j of the group views
 # pb, tb, (gb, wb, vb).
@@ -188,16 +192,35 @@ for b0 in range(full, pred.size, LANES):  # the last, partial group
         acc[j] += l"""
 
 
+def _fast_branches(loop, fast):
+    """``loop(consts)`` (text of a loop, options named in ``consts`` replaced by constants) as
+    one loop per fast option value, each behind a test of the option, then the general loop.
+
+    The loss's math is inlined into the loop, so with the option a constant LLVM folds away what
+    that value makes needless (u**gamma is u*u at the focal loss's gamma = 2, not an exp and a
+    log). Branching once per chunk, not per element, keeps each loop branch-free."""
+    general = textwrap.indent(loop({}), "    ")
+    if not fast:
+        return general
+    text, keyword = "", "if"
+    for name, values in fast.items():
+        for k, value in enumerate(values):
+            const = f"FAST_{name}_{k}"
+            text += f"    {keyword} param_is({name}, {const}):\n" + textwrap.indent(loop({name: const}), "        ")
+            text += "\n"
+            keyword = "elif"
+    return text + "    else:\n" + textwrap.indent(general, "    ")
+
+
 def _lane_loop(step, direct, param_names, grad):
-    """The accumulating loop of a chunk kernel (indented for the kernel body)."""
+    """The accumulating loop of a chunk kernel."""
     size = "LANES" if direct else "BLOCK"
     gwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + {size})" for n in param_names) or "pass"
     streams = (("pb", "pred"), ("tb", "target")) + ((("gb", "grad"),) if grad else ())
     streams = f"{', '.join(v for v, _ in streams)} = {', '.join(f'{a}[b0:b0 + {size}]' for _, a in streams)}"
     views = _VIEWS.format(G=size, GWINDOW=gwindow, STREAMS=streams)
-    loop = (_DIRECT if direct else _BUFFERED).format(VIEWS=textwrap.indent(views, "    "),
+    return (_DIRECT if direct else _BUFFERED).format(VIEWS=textwrap.indent(views, "    "),
                                                      STEP=textwrap.indent(step, "        "))
-    return textwrap.indent(loop, "    ")
 
 
 # Only for losses with target flags: the check alone, for a caller's out= buffer, which must
@@ -222,34 +245,46 @@ def flags_par(target, flags, chunk):
 """
 
 
-def build(name, value, deriv, param_names, target_flags=None, static=None, dtype="float64"):
+def build(name, value, deriv, param_names, target_flags=None, static=None, dtype="float64", fast=None):
     """Generate (once) and import the CPU kernel module of an elementwise loss.
 
     ``static`` maps option names to values written into the kernel as constants (the boolean
     options); the other options in ``param_names`` become kernel arguments. ``dtype`` is the
     compute dtype: the scalar math's float literals take it, so float32 data is computed in
-    float32 (twice the SIMD width) while sums still accumulate in float64."""
+    float32 (twice the SIMD width) while sums still accumulate in float64. ``fast`` maps option
+    names to values that get loops of their own with the option a constant (``Option.fast``)."""
     static = static or {}
+    fast = {n: v for n, v in (fast or {}).items() if n in param_names and n not in static}
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
                                 replace_math=vmath.cpu_replacements(dtype), typed_floats=True)
-    names_all = list(param_names)
     args = [n for n in param_names if n not in static]
     p = "".join(f"{n}, " for n in args)
-    pi = ", ".join(repr(static[n]) if n in static else f"param_at({n}, i)" for n in param_names)
+    names_all = list(param_names)
     param_names = args
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is
     # non-negative it drops the negative-index wraparound check, which would stop vectorisation.
     window = "; ".join(f"{n} = param_window({n}, start, stop)" for n in param_names) or "pass"
-    pj = ", ".join(repr(static[n]) if n in static else f"param_at({n}_b, j)" for n in names_all)
     flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
     extra = _FLAGS_BODY.format(flagsfn=src.names["flags"]) if target_flags is not None else ""
-    fill = dict(value=src.names["value"], deriv=src.names["deriv"], PJ=pj, FLAGS=flags)
+
+    def option_args(consts, index):
+        """The options as the scalar math receives them at element ``index`` of ``views``."""
+        return ", ".join(repr(static[n]) if n in static else consts.get(n) or index.format(n)
+                         for n in names_all)
+
+    def fill(consts):
+        return dict(value=src.names["value"], deriv=src.names["deriv"], FLAGS=flags,
+                    PJ=option_args(consts, "param_at({}_b, j)"), PI=option_args(consts, "param_at({}, i)"))
+
     direct = not src.math_used
-    value_loop = _lane_loop(_VALUE_STEP.format(**fill), direct, param_names, grad=False)
-    both_loop = _lane_loop(_BOTH_STEP.format(**fill), direct, param_names, grad=True)
-    body = extra + _BODY.format(scalars=src.text, value=src.names["value"], deriv=src.names["deriv"],
-                                P=p, PI=pi, FLAGS=flags, WINDOW=window, VALUE_LOOP=value_loop,
-                                BOTH_LOOP=both_loop)
+    value_loop = _fast_branches(
+        lambda c: _lane_loop(_VALUE_STEP.format(**fill(c)), direct, param_names, grad=False), fast)
+    both_loop = _fast_branches(
+        lambda c: _lane_loop(_BOTH_STEP.format(**fill(c)), direct, param_names, grad=True), fast)
+    grad_loop = _fast_branches(lambda c: _GRAD_LOOP.format(**fill(c)), fast)
+    consts = "".join(f"\nFAST_{n}_{k} = FLOAT({v!r})" for n, vs in fast.items() for k, v in enumerate(vs))
+    body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, VALUE_LOOP=value_loop,
+                                BOTH_LOOP=both_loop, GRAD_LOOP=grad_loop)
     header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype)
     kind = f"cpu_{name}_{dtype}" + "".join(f"_{n}{int(v)}" for n, v in sorted(static.items()))
     return codegen.load_module(kind, header, body, src.injected)

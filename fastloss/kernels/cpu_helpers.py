@@ -29,6 +29,18 @@ def _param_window(value, start, stop):
     return lambda value, start, stop: value
 
 
+def param_is(value, const):
+    """Whether a loss option is the scalar ``const`` (never true of a per-element array)."""
+    return not hasattr(value, "__getitem__") and value == const
+
+
+@overload(param_is, inline="always")
+def _param_is(value, const):
+    if isinstance(value, types.Array):
+        return lambda value, const: False
+    return lambda value, const: value == const
+
+
 @njit(**CPU_SCALAR)
 def lane_sum(acc):
     """Σ of the lane accumulators, in a fixed order (part of the result's definition)."""

@@ -208,7 +208,7 @@ def focal_deriv(x, t, alpha, gamma):
 
 sigmoid_focal = elementwise_loss(focal_value, focal_deriv, name="sigmoid_focal", params={
     "alpha": Option("alpha", 0.25, lambda v: (v == -1) | ((v >= 0) & (v <= 1)), "in [0, 1] or −1 (off)"),
-    "gamma": Option("gamma", 2.0, lambda v: v >= 0, ">= 0")}, doc=r"""Sigmoid focal loss (Lin et al., 2017).
+    "gamma": Option("gamma", 2.0, lambda v: v >= 0, ">= 0", fast=(2.0,))}, doc=r"""Sigmoid focal loss (Lin et al., 2017).
 
     p = σ(x),  p_t = p t + (1 − p)(1 − t),  α_t = α t + (1 − α)(1 − t)
     l = α_t · BCEWithLogits(x, t) · (1 − p_t)^γ          (α = −1: no α_t factor)
