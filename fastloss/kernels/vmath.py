@@ -430,11 +430,15 @@ def _build(np_float):
 
     @register_jitable(**_IMPL_OPTIONS)
     def exp_reduce(x):
-        """k, r with x ~= k*ln2 + r, |r| <= ln2/2, x clamped to the useful range
-        (NaN is mapped to EXP_HI; callers restore it)."""
-        xc = x if x < EXP_HI else EXP_HI
-        xc = xc if xc > EXP_LO else EXP_LO
-        kf = _rint(xc * LOG2E)
+        """k, r with x ~= k*ln2 + r, |r| <= ln2/2, x clamped to the useful range; r is NaN
+        for a NaN x, so the result needs no NaN select at the end. Each clamp is one
+        vminps/vmaxps: xc passes NaN through, xk (for k) maps it to EXP_HI, because k becomes
+        an integer and a NaN's conversion would be poison in LLVM's semantics."""
+        xc = EXP_HI if x > EXP_HI else x
+        xc = EXP_LO if xc < EXP_LO else xc
+        xk = x if x < EXP_HI else EXP_HI
+        xk = xk if xk > EXP_LO else EXP_LO
+        kf = _rint(xk * LOG2E)
         # Cody-Waite: kf*LN2_HI is exact and so is the subtraction (Sterbenz).
         r = (xc - kf * LN2_HI) - kf * LN2_LO
         return kf, r
@@ -455,8 +459,7 @@ def _build(np_float):
     def vexp_impl(x):
         kf, r = exp_reduce(x)
         p = ONE + (r + r * r * exp_poly(r))
-        y = _scale2k(p, kf)
-        return x if x != x else y
+        return _scale2k(p, kf)  # NaN: r and so p are NaN
 
     def vexpm1_impl(x):
         xc = x if x > EXPM1_LO else EXPM1_LO
