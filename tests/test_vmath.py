@@ -402,3 +402,57 @@ def test_cuda_device_code(tmp_path):
     if result == ["skip"]:
         pytest.skip("no numba-cuda GPU or simulator")
     assert result == ["ok"], result
+
+
+# ---------------------------------------------------------------------------
+# exp's final scaling: llvm.ldexp (AVX-512's vscalef) or two multiplies elsewhere
+# ---------------------------------------------------------------------------
+
+_TWO_FACTOR_SCRIPT = textwrap.dedent(
+    """
+    import glob
+    import numpy as np
+    from fastloss.kernels import vmath
+    vmath._has_vector_ldexp = lambda context: False   # the path of CPUs without AVX-512
+    from numba import njit
+
+    @njit
+    def run(x, a, b):
+        for i in range(x.size):
+            a[i] = vmath.vexp(x[i]); b[i] = vmath.vexpm1(x[i])
+
+    for name in sorted(glob.glob("x_*.npy")):
+        name = name[:-4]
+        x = np.load(name + ".npy")
+        a, b = np.empty_like(x), np.empty_like(x)
+        run(x, a, b)
+        np.save(name + "_exp.npy", a); np.save(name + "_expm1.npy", b)
+    print("ok")
+    """
+)
+
+
+def test_exp_scaling_paths_agree_bitwise(tmp_path):
+    """Where the target has AVX-512, exp scales by 2**k with one vscalef (llvm.ldexp); elsewhere
+    with two multiplies. Both round the exact product once, so they must agree bit for bit,
+    subnormal and overflowing results included. The accuracy tests above check whichever path
+    this machine compiles; this one runs the other (or the same, without AVX-512) in a fresh
+    process and compares."""
+    rng = np.random.default_rng(7)
+    names = []
+    for dt, it, lo, hi in ((np.float32, np.uint32, -110.0, 95.0), (np.float64, np.uint64, -760.0, 720.0)):
+        bits = rng.integers(0, np.iinfo(it).max, 200_000, dtype=it, endpoint=True).view(dt)
+        x = np.concatenate([bits, rng.uniform(lo, hi, 200_000).astype(dt),
+                            np.array([0.0, -0.0, np.inf, -np.inf, np.nan], dtype=dt)])
+        name = f"x_{dt.__name__}"
+        np.save(tmp_path / f"{name}.npy", x)
+        names.append((name, x, it))
+    result = _run_script(tmp_path, "two_factor.py", _TWO_FACTOR_SCRIPT,
+                         NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    assert result == ["ok"], result
+    for name, x, it in names:
+        for fname in ("exp", "expm1"):
+            here = _apply(fname, x)
+            there = np.load(tmp_path / f"{name}_{fname}.npy")
+            differ = np.flatnonzero(here.view(it) != there.view(it))
+            assert differ.size == 0, (fname, x.dtype, x[differ[:5]], here[differ[:5]], there[differ[:5]])

@@ -49,7 +49,10 @@ Design notes
   at the end; the main path is evaluated for every lane regardless.
 * The few bit-level operations (2**k from an integer, splitting a float into
   exponent and mantissa, round-to-nearest-integer) are ``@intrinsic``\\ s that
-  emit plain LLVM integer/float instructions, all of which vectorise.
+  emit plain LLVM integer/float instructions, all of which vectorise.  Where the
+  target has AVX-512, exp's final ``p * 2**k`` is ``llvm.ldexp`` instead (one
+  vscalef; without AVX-512 LLVM would turn it into libm calls): the same result
+  bit for bit, about a fifth of exp's instructions fewer.
 * Kernels calling these functions can be ``@njit(cache=True)``: the compiled
   code of the implementations is embedded in the caller's cached object code.
   (As with any Numba cache, editing *this* file does not invalidate caches of
@@ -83,7 +86,7 @@ import sys
 
 import numpy as np
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic, overload, register_jitable
 
 __all__ = ["vexp", "vexpm1", "vlog", "vlog1p", "vsoftplus", "register_cuda"]
@@ -301,14 +304,23 @@ def _pow2(typingctx, kf):
     return kf(kf), codegen
 
 
+def _has_vector_ldexp(context):
+    """Whether the target compiles a vector ``llvm.ldexp`` to one instruction (AVX-512's
+    vscalefps/pd). Elsewhere LLVM scalarises it into libm calls, which would stop the loop
+    vectorising. Read from the features Numba compiles for (part of its cache key)."""
+    x86 = context.codegen().magic_tuple()[0].startswith(("x86_64", "i686", "i386"))
+    return x86 and "+avx512f" in context.codegen().magic_tuple()[2].split(",")
+
+
 @intrinsic
 def _scale2k(typingctx, p, kf):
     """p * 2.0**k for an integral float k in the range needed by exp.
 
-    2**k is applied as two factors 2**(k//2) and 2**(k - k//2), both normal
-    numbers, so k may run past the normal exponent range in either direction:
-    the first multiply is exact, the second rounds once -- to a correctly
-    scaled subnormal, to 0, or to inf.
+    With AVX-512, ``llvm.ldexp`` (one vscalef instruction). Otherwise 2**k is applied as two
+    factors 2**(k//2) and 2**(k - k//2), both normal numbers, so k may run past the normal
+    exponent range in either direction: the first multiply is exact, the second rounds once.
+    Either way the product is rounded once -- to a correctly scaled subnormal, to 0, or to inf
+    -- so both give the same result bit for bit.
     """
     if not (_is_float(p) and kf == p):
         return None
@@ -317,6 +329,11 @@ def _scale2k(typingctx, p, kf):
         val, k = args
         ftype = sig.args[0]
         width = _LAYOUT[ftype][0]
+        if _has_vector_ldexp(context):
+            ki = builder.fptosi(k, ir.IntType(32))
+            name = f"llvm.ldexp.{'f32' if width == 32 else 'f64'}.i32"
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(val.type, [val.type, ki.type]), name)
+            return builder.call(fn, [val, ki])
         ki = builder.fptosi(k, ir.IntType(width))
         k1 = builder.ashr(ki, ir.Constant(ki.type, 1))
         k2 = builder.sub(ki, k1)
