@@ -26,7 +26,10 @@ its negative-index check only for indices it can prove non-negative, and that ch
 stops vectorisation.
 
 Options (``delta``, ``q``, ...) are passed as arguments, scalars or per-element arrays
-(``param_at`` reads either), so one compiled kernel serves every option value.
+(``param_at`` reads either), so one compiled kernel serves every option value. A loss may name
+values of an option that make its math much cheaper (``Option.fast``, e.g. the focal loss's
+gamma = 2): the kernel then tests the option once per chunk and runs a copy of its loop with the
+option a constant (``_fast_branches``).
 """
 import textwrap
 
@@ -268,7 +271,8 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     extra = _FLAGS_BODY.format(flagsfn=src.names["flags"]) if target_flags is not None else ""
 
     def option_args(consts, index):
-        """The options as the scalar math receives them at element ``index`` of ``views``."""
+        """The options as the scalar math receives them: static ones and ``consts`` as
+        constants, the others read at the element ``index`` names ("param_at({}, i)")."""
         return ", ".join(repr(static[n]) if n in static else consts.get(n) or index.format(n)
                          for n in names_all)
 
