@@ -246,6 +246,41 @@ def test_log_cosh_small_differences_keep_relative_accuracy(fl, dtype):
     np.testing.assert_allclose(np.asarray(g, np.float64), np.tanh(d), rtol=rtol, atol=0)
 
 
+def test_log_cosh_polynomials_reproducible():
+    """The polynomials in losses/regression.py are what their documented fit gives, bit for bit
+    (read off the code by running it on the polynomial z)."""
+    pytest.importorskip("mpmath")
+    from numpy.polynomial import Polynomial
+
+    from fastloss.losses import regression
+
+    for name, coeffs in regression._fit_log_cosh_series().items():
+        written = getattr(regression, name)(Polynomial([0.0, 1.0])).coef
+        np.testing.assert_array_equal(written, np.array(coeffs), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_cosh_within_a_few_ulp_of_mpmath(fl, dtype):
+    """Value and gradient against mpmath, in ulp of the dtype, across both polynomial ranges,
+    the thresholds between them (0.35 and 0.75) and the closed forms beyond."""
+    mp = pytest.importorskip("mpmath")
+    rng = np.random.default_rng(3)
+    tiny = 1e-18 if dtype == np.float32 else 1e-150
+    a = np.concatenate([np.geomspace(tiny, 50.0, 1500), rng.uniform(0.3, 0.8, 1500),
+                        [0.35, 0.75, 40.0]]).astype(dtype)
+    a = np.concatenate([a, np.nextafter(a[-3:-1], dtype(1)), -a])
+    v, g = fl.log_cosh.value_and_grad(a, np.zeros_like(a), reduction="none")
+    worst = {"value": 0.0, "grad": 0.0}
+    for x, vx, gx in zip(a.astype(np.float64), v, g):
+        X = mp.mpf(float(x))
+        with mp.workdps(30 + 2 * max(0, int(-math.log10(abs(float(x)))))):
+            exact = {"value": mp.log(mp.cosh(X)), "grad": mp.tanh(X)}
+            for key, got in (("value", vx), ("grad", gx)):
+                ulp = np.spacing(dtype(abs(float(exact[key]))))
+                worst[key] = max(worst[key], float(abs(mp.mpf(float(got)) - exact[key]) / mp.mpf(float(ulp))))
+    assert worst["value"] <= 3.0 and worst["grad"] <= 3.0, worst
+
+
 @pytest.mark.parametrize("dtype,big", [(np.float32, 1e4), (np.float64, 1e300)])
 @pytest.mark.parametrize("name", ["bce_with_logits", "sigmoid_focal"])
 def test_logit_losses_no_overflow(fl, name, dtype, big):

@@ -46,7 +46,8 @@ Design notes
 * ``error_model="numpy"`` removes Numba's division-by-zero check, which would
   otherwise put a branch (and an exception path) in the loop body.
 * Special inputs (NaN, +-inf, 0, negatives for log) are handled with selects
-  at the end; the main path is evaluated for every lane regardless.
+  at the end (exp needs none: clamping its argument gives 0 and inf, and NaN
+  passes through the reduction); the main path is evaluated for every lane.
 * The few bit-level operations (2**k from an integer, splitting a float into
   exponent and mantissa, round-to-nearest-integer) are ``@intrinsic``\\ s that
   emit plain LLVM integer/float instructions, all of which vectorise.  Where the
@@ -208,13 +209,21 @@ _LOG_Q32 = (
 )
 
 
-def _fit_coefficients(dps: int = 60) -> dict:
-    """Recompute the polynomial coefficients above (needs ``mpmath``).
+def chebyshev_fit(func, lo, hi, degree):
+    """Coefficients (lowest order first, mpmath numbers) of the Chebyshev interpolant of
+    degree ``degree`` to ``func`` on [lo, hi]; call it inside ``mpmath.workdps(...)``.
 
-    Chebyshev interpolation in high precision is within a fraction of a bit
-    of the true minimax polynomial for these smooth, slowly varying functions,
-    which is plenty given the degrees used.
+    Chebyshev interpolation in high precision is within a fraction of a bit of the true
+    minimax polynomial for smooth, slowly varying functions like the ones fitted here and in
+    the losses (log_cosh), which is plenty given the degrees used.
     """
+    import mpmath as mp
+
+    return mp.chebyfit(func, [lo, hi], degree + 1)[::-1]  # chebyfit gives highest first
+
+
+def _fit_coefficients(dps: int = 60) -> dict:
+    """Recompute the polynomial coefficients above (needs ``mpmath``)."""
     import mpmath as mp
 
     def p_exp(r):
@@ -231,10 +240,6 @@ def _fit_coefficients(dps: int = 60) -> dict:
         s = mp.sqrt(z)
         return (2 * mp.atanh(s) - 2 * s) / (s * z)
 
-    def fit(func, lo, hi, degree):
-        coeffs = mp.chebyfit(func, [lo, hi], degree + 1)  # highest first
-        return coeffs[::-1]
-
     out = {}
     with mp.workdps(dps):
         widen = mp.mpf("1.0001")  # margin for rounding in the range reduction
@@ -244,12 +249,12 @@ def _fit_coefficients(dps: int = 60) -> dict:
             ("EXP_P", p_exp, -r_max, r_max, _EXP_P64, _EXP_P32),
             ("LOG_Q", q_log, mp.mpf(0), z_max, _LOG_Q64, _LOG_Q32),
         ):
-            fit64 = fit(func, lo, hi, len(coeffs64) - 1)
-            fit32 = fit(func, lo, hi, len(coeffs32) - 1)
+            fit64 = chebyshev_fit(func, lo, hi, len(coeffs64) - 1)
+            fit32 = chebyshev_fit(func, lo, hi, len(coeffs32) - 1)
             out[f"_{name}64"] = tuple(float(c) for c in fit64)
             out[f"_{name}32"] = tuple(np.float32(float(c)) for c in fit32)
         out["_LOG1P_UNIT32"] = tuple(np.float32(float(c)) for c in
-                                     fit(s_log1p, mp.mpf(0), mp.mpf(1), len(_LOG1P_UNIT32) - 1))
+                                     chebyshev_fit(s_log1p, mp.mpf(0), mp.mpf(1), len(_LOG1P_UNIT32) - 1))
     return out
 
 
@@ -308,8 +313,8 @@ def _has_vector_ldexp(context):
     """Whether the target compiles a vector ``llvm.ldexp`` to one instruction (AVX-512's
     vscalefps/pd). Elsewhere LLVM scalarises it into libm calls, which would stop the loop
     vectorising. Read from the features Numba compiles for (part of its cache key)."""
-    x86 = context.codegen().magic_tuple()[0].startswith(("x86_64", "i686", "i386"))
-    return x86 and "+avx512f" in context.codegen().magic_tuple()[2].split(",")
+    triple, _cpu, features = context.codegen().magic_tuple()
+    return triple.startswith(("x86_64", "i686", "i386")) and "+avx512f" in features.split(",")
 
 
 @intrinsic

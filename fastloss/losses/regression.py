@@ -125,7 +125,7 @@ _LN2_LO = 1.4286068203094173e-06
 
 
 def _log_cosh_series(z):
-    """log cosh √z / z for 0 ≤ z ≤ 0.75² (Chebyshev fit, relative error < 1e-17; mpmath)."""
+    """log cosh √z / z for 0 ≤ z ≤ 0.75² (relative error < 1e-17; see _fit_log_cosh_series)."""
     s = 1.7127783853542107e-07
     s = s * z - 1.0876644574987467e-06
     s = s * z + 3.953129661345421e-06
@@ -142,7 +142,7 @@ def _log_cosh_series(z):
 
 
 def _tanh_series(z):
-    """tanh √z / √z for 0 ≤ z ≤ 0.35² (Chebyshev fit, relative error < 1e-18; mpmath)."""
+    """tanh √z / √z for 0 ≤ z ≤ 0.35² (relative error < 1e-18; see _fit_log_cosh_series)."""
     s = -0.0001873991719867236
     s = s * z + 0.0005771823955084554
     s = s * z - 0.0014540256714451175
@@ -153,6 +153,27 @@ def _tanh_series(z):
     s = s * z + 0.13333333333328473
     s = s * z - 0.33333333333333315
     return s * z + 1.0
+
+
+def _fit_log_cosh_series():
+    """The coefficients of the two polynomials above, lowest order first, as float64 (needs
+    mpmath): Chebyshev fits in 60-digit arithmetic on an interval widened by 1e-4, the recipe
+    of kernels/vmath.py. tests/test_elementwise.py checks that they reproduce the code."""
+    import mpmath as mp
+
+    from ..kernels.vmath import chebyshev_fit
+
+    def log_cosh_over_z(z):
+        return mp.log(mp.cosh(mp.sqrt(z))) / z if z else mp.mpf(1) / 2
+
+    def tanh_over_root(z):
+        return mp.tanh(mp.sqrt(z)) / mp.sqrt(z) if z else mp.mpf(1)
+
+    with mp.workdps(60):
+        widen = mp.mpf("1.0001")
+        return {name: tuple(float(c) for c in chebyshev_fit(f, mp.mpf(0), mp.mpf(a) ** 2 * widen, degree))
+                for name, f, a, degree in (("_log_cosh_series", log_cosh_over_z, "0.75", 12),
+                                           ("_tanh_series", tanh_over_root, "0.35", 9))}
 
 
 def log_cosh_value(p, t):
