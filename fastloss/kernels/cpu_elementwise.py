@@ -215,10 +215,10 @@ def _fast_branches(loop, fast):
     return text + "    else:\n" + textwrap.indent(general, "    ")
 
 
-def _lane_loop(step, direct, param_names, grad):
-    """The accumulating loop of a chunk kernel."""
+def _lane_loop(step, direct, windowed, grad):
+    """The accumulating loop of a chunk kernel; ``windowed``: the options it reads per element."""
     size = "LANES" if direct else "BLOCK"
-    gwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + {size})" for n in param_names) or "pass"
+    gwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + {size})" for n in windowed) or "pass"
     streams = (("pb", "pred"), ("tb", "target")) + ((("gb", "grad"),) if grad else ())
     streams = f"{', '.join(v for v, _ in streams)} = {', '.join(f'{a}[b0:b0 + {size}]' for _, a in streams)}"
     views = _VIEWS.format(G=size, GWINDOW=gwindow, STREAMS=streams)
@@ -262,11 +262,9 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
                                 replace_math=vmath.cpu_replacements(dtype), typed_floats=True)
     args = [n for n in param_names if n not in static]
     p = "".join(f"{n}, " for n in args)
-    names_all = list(param_names)
-    param_names = args
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is
     # non-negative it drops the negative-index wraparound check, which would stop vectorisation.
-    window = "; ".join(f"{n} = param_window({n}, start, stop)" for n in param_names) or "pass"
+    window = "; ".join(f"{n} = param_window({n}, start, stop)" for n in args) or "pass"
     flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
     extra = _FLAGS_BODY.format(flagsfn=src.names["flags"]) if target_flags is not None else ""
 
@@ -274,17 +272,18 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
         """The options as the scalar math receives them: static ones and ``consts`` as
         constants, the others read at the element ``index`` names ("param_at({}, i)")."""
         return ", ".join(repr(static[n]) if n in static else consts.get(n) or index.format(n)
-                         for n in names_all)
+                         for n in param_names)
 
     def fill(consts):
         return dict(value=src.names["value"], deriv=src.names["deriv"], FLAGS=flags,
                     PJ=option_args(consts, "param_at({}_b, j)"), PI=option_args(consts, "param_at({}, i)"))
 
-    direct = not src.math_used
-    value_loop = _fast_branches(
-        lambda c: _lane_loop(_VALUE_STEP.format(**fill(c)), direct, param_names, grad=False), fast)
-    both_loop = _fast_branches(
-        lambda c: _lane_loop(_BOTH_STEP.format(**fill(c)), direct, param_names, grad=True), fast)
+    def lane_loop(step, consts, grad):
+        windowed = [n for n in args if n not in consts]
+        return _lane_loop(step.format(**fill(consts)), not src.math_used, windowed, grad)
+
+    value_loop = _fast_branches(lambda c: lane_loop(_VALUE_STEP, c, grad=False), fast)
+    both_loop = _fast_branches(lambda c: lane_loop(_BOTH_STEP, c, grad=True), fast)
     grad_loop = _fast_branches(lambda c: _GRAD_LOOP.format(**fill(c)), fast)
     consts = "".join(f"\nFAST_{n}_{k} = FLOAT({v!r})" for n, vs in fast.items() for k, v in enumerate(vs))
     body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, VALUE_LOOP=value_loop,
