@@ -31,7 +31,8 @@ def _run(benchmark, ceilings, name, shape, dtype, op, impl):
     else:
         if name not in TORCH:
             pytest.skip("PyTorch not installed")
-        fn = runner._torch_call(TORCH[name], pred, target, case, op != "value")
+        import torch
+        fn = runner.torch_call(TORCH[name], torch.from_numpy(pred), torch.from_numpy(target), op != "value")
     key = int(pred.nbytes + target.nbytes)
     if key not in ceilings and not benchmark.disabled:
         ceilings[key] = runner.read_ceiling(key)

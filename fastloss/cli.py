@@ -9,6 +9,9 @@ import time
 
 DEFAULT_SIZES = (2**12, 2**20)
 DEFAULT_ROWS = ((4096, 1000),)
+# A GPU needs more work per call before it, rather than the launch, is what is timed.
+DEFAULT_SIZES_CUDA = (2**16, 2**26)
+DEFAULT_ROWS_CUDA = ((4096, 32000),)
 
 
 def _parse_size(text):
@@ -24,9 +27,9 @@ def _parse_size(text):
 
 
 class _Progress:
-    def __init__(self, total, stream=sys.stderr):
-        self.total, self.done, self.stream = total, 0, stream
-        self.tty = stream.isatty()
+    def __init__(self, total, stream=None):
+        self.total, self.done, self.stream = total, 0, sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty()
 
     def step(self, label):
         self.done += 1
@@ -56,16 +59,23 @@ def _fmt_ratio(r):
     return "-" if r is None else f"{r:.1f}x"
 
 
-def print_table(results, have_torch, out=sys.stdout):
+def print_table(results, have_torch, out=None):
+    """One line per result, to ``out`` (sys.stdout as it is at the call). The baseline column is
+    NumPy on the CPU and CuPy on the GPU (the same code, run by CuPy); a missing baseline says
+    why."""
+    out = sys.stdout if out is None else out
+    cuda = bool(results) and results[0]["backend"] == "cuda"
+    base, base_key = ("CuPy", "speedup_cupy") if cuda else ("NumPy", "speedup_numpy")
     head = (f"{'loss':16s} {'op':14s} {'backend':7s} {'size':>12s} {'dtype':7s} {'fastloss':>9s} "
-            f"{'GB/s':>6s} {'%ceil':>6s} {'vs NumPy':>9s} {'vs torch':>9s}")
+            f"{'GB/s':>6s} {'%ceil':>6s} {'vs ' + base:>9s} {'vs torch':>9s}")
     out.write(head + "\n" + "-" * len(head) + "\n")
     for r in results:
         size = "x".join(map(str, r["shape"]))
         torch_col = _fmt_ratio(r.get("speedup_torch")) if have_torch else "no torch"
+        base_col = _fmt_ratio(r[base_key]) if base_key in r else f"no {base.lower()}"
         out.write(f"{r['loss']:16s} {r['op']:14s} {r['backend']:7s} {size:>12s} {r['dtype']:7s} "
                   f"{_fmt_time(r['fastloss_s']):>9s} {r['gbps']:6.1f} {100 * r['fraction_of_ceiling']:5.0f}% "
-                  f"{_fmt_ratio(r['speedup_numpy']):>9s} {torch_col:>9s}\n")
+                  f"{base_col:>9s} {torch_col:>9s}\n")
 
 
 def plot(results, path):
@@ -91,7 +101,8 @@ def plot(results, path):
                 by_size.setdefault(r["elements"], []).append(r["ceiling_gbps"])
         ceil = sorted((n, statistics.median(v)) for n, v in by_size.items())
         if ceil:
-            ax.plot([c[0] for c in ceil], [c[1] for c in ceil], "k:", label="read ceiling")
+            label = "copy ceiling" if results[0]["backend"] == "cuda" else "read ceiling"
+            ax.plot([c[0] for c in ceil], [c[1] for c in ceil], "k:", label=label)
         ax.set_xscale("log", base=2)
         ax.set_ylim(bottom=0)
         ax.set_title(name)
@@ -121,16 +132,24 @@ def bench(argv):
     ap.add_argument("--samples", type=int, default=5, help="timing samples per figure; the median is kept")
     ap.add_argument("--no-startup", action="store_true", help="skip the import and compile-time measurements")
     args = ap.parse_args(argv)
-    if args.backend == "cuda":
-        raise SystemExit("fastloss bench --backend cuda: use benchmarks/bench_gpu.py on a GPU machine for now")
+    cuda = args.backend == "cuda"
+    if cuda:
+        from .bench import gpu
+        try:
+            gpu.cuda_module()
+        except (RuntimeError, ImportError) as exc:
+            raise SystemExit(f"fastloss bench --backend cuda: {exc}") from None
+        default_sizes, default_rows = DEFAULT_SIZES_CUDA, DEFAULT_ROWS_CUDA
+    else:
+        default_sizes, default_rows = DEFAULT_SIZES, DEFAULT_ROWS
 
     names = args.loss or list(cases.CASES)
-    sizes = [s for s in (args.size or DEFAULT_SIZES) if isinstance(s, int)]
-    shapes = [s for s in (args.size or DEFAULT_ROWS) if isinstance(s, tuple)]
+    sizes = [s for s in (args.size or default_sizes) if isinstance(s, int)]
+    shapes = [s for s in (args.size or default_rows) if isinstance(s, tuple)]
     if args.size and not shapes:
-        shapes = list(DEFAULT_ROWS)
+        shapes = list(default_rows)
     if args.size and not sizes:
-        sizes = list(DEFAULT_SIZES)
+        sizes = list(default_sizes)
     plan = []
     for name in names:
         for shape in (shapes if cases.CASES[name].rows else [(n,) for n in sizes]):
@@ -141,27 +160,46 @@ def bench(argv):
     import numpy as np
 
     torch_fns = cases.torch_baselines()
+    if cuda and gpu.torch_cuda() is None:
+        torch_fns = {}  # no PyTorch with CUDA to compare with
+    measure = gpu.bench_case if cuda else runner.bench_case
     results = []
     rng = np.random.default_rng(0)
-    progress = _Progress(len(plan) + (0 if args.no_startup else 1))
+    progress = _Progress(len(plan) + (0 if args.no_startup or cuda else 1))
     startup = None
-    if not args.no_startup:
+    if not args.no_startup and not cuda:  # import and CPU compile times: the CPU sweep reports them
         with tempfile.TemporaryDirectory() as tmp:
             startup = runner.startup_times(tmp)
         progress.step("import and compile times")
     t0 = time.perf_counter()
     for name, shape, dtype, op in plan:
-        results.append(runner.bench_case(name, shape, dtype, op, rng, args.min_time, args.samples,
-                                         torch_fns))
+        results.append(measure(name, shape, dtype, op, rng, args.min_time, args.samples, torch_fns))
         progress.step(f"{name} {op} {'x'.join(map(str, shape))} {dtype}")
     elapsed = time.perf_counter() - t0
 
     hw = runner.hardware()
-    print(f"\nfastloss bench on {hw.get('cpu', hw['machine'])}, {hw['cpus']} CPUs, numba {hw['numba']} "
-          f"({hw['numba_threads']} threads, {hw['threading_layer']} layer)"
-          + (f", torch {hw['torch']} ({hw['torch_threads']} threads)" if "torch" in hw else ", no PyTorch"))
-    print("Times are medians; GB/s counts inputs read once and the gradient written once (row losses read "
-          "the logits twice); %ceil compares with a parallel streaming read measured in the same run.\n")
+    on = (f"{hw.get('cpu', hw['machine'])}, {hw['cpus']} CPUs, numba {hw['numba']} "
+          f"({hw['numba_threads']} threads, {hw['threading_layer']} layer)")
+    if cuda:
+        hw["cuda"] = gpu.device_info()
+        on = f"{hw['cuda']['gpu']} (host: {on})"
+    if "torch" not in hw:
+        on += ", no PyTorch"
+    else:
+        on += f", torch {hw['torch']}" + ("" if cuda else f" ({hw['torch_threads']} threads)")
+    print(f"\nfastloss bench on {on}")
+    if cuda:
+        if hw["cuda"]["simulator"]:
+            print("NUMBA_ENABLE_CUDASIM is set: the CUDA kernels ran on the CPU simulator, so these times "
+                  "say nothing about a GPU.")
+        print("Times are medians of calls issued back to back, then one synchronisation; GB/s counts inputs "
+              "read once and the gradient written once (row losses read the logits twice); %ceil compares "
+              "with a device-to-device copy measured in the same run; the baselines are CuPy running the "
+              "NumPy code and PyTorch CUDA.\n")
+    else:
+        print("Times are medians; GB/s counts inputs read once and the gradient written once (row losses "
+              "read the logits twice); %ceil compares with a parallel streaming read measured in the same "
+              "run.\n")
     print_table(results, bool(torch_fns))
     if startup:
         cold, warm = startup["cold"], startup["warm"]

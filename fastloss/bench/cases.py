@@ -69,170 +69,209 @@ def _kl(shape, dtype, rng):
 
 
 # -- NumPy baselines: value, and value with gradient (mean reduction) ----------------------------
+# Given CuPy arrays, the same functions run in CuPy: the GPU baseline is this code too.
+def _xp(a):
+    """The array module of ``a``: CuPy for a CuPy array, else NumPy."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+        return cupy
+    return np
+
+
 def _np_mse(p, t):
-    return np.mean((p - t) ** 2)
+    xp = _xp(p)
+    return xp.mean((p - t) ** 2)
 
 
 def _np_mse_vg(p, t):
+    xp = _xp(p)
     d = p - t
-    return np.mean(d * d), d * (2.0 / d.size)
+    return xp.mean(d * d), d * (2.0 / d.size)
 
 
 def _np_mae(p, t):
-    return np.mean(np.abs(p - t))
+    xp = _xp(p)
+    return xp.mean(xp.abs(p - t))
 
 
 def _np_mae_vg(p, t):
+    xp = _xp(p)
     d = p - t
-    return np.mean(np.abs(d)), np.sign(d) / d.size
+    return xp.mean(xp.abs(d)), xp.sign(d) / d.size
 
 
 def _np_huber(p, t, delta=1.0):
-    a = np.abs(p - t)
-    return np.mean(np.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta)))
+    xp = _xp(p)
+    a = xp.abs(p - t)
+    return xp.mean(xp.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta)))
 
 
 def _np_huber_vg(p, t, delta=1.0):
+    xp = _xp(p)
     d = p - t
-    a = np.abs(d)
-    return np.mean(np.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))), np.clip(d, -delta, delta) / d.size
+    a = xp.abs(d)
+    return xp.mean(xp.where(a <= delta, 0.5 * a * a, delta * (a - 0.5 * delta))), xp.clip(d, -delta, delta) / d.size
 
 
 def _np_smooth_l1(p, t, beta=1.0):
-    a = np.abs(p - t)
-    return np.mean(np.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta))
+    xp = _xp(p)
+    a = xp.abs(p - t)
+    return xp.mean(xp.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta))
 
 
 def _np_smooth_l1_vg(p, t, beta=1.0):
+    xp = _xp(p)
     d = p - t
-    a = np.abs(d)
-    v = np.mean(np.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta))
-    return v, np.where(a < beta, d / beta, np.sign(d)) / d.size
+    a = xp.abs(d)
+    v = xp.mean(xp.where(a < beta, 0.5 * a * a / beta, a - 0.5 * beta))
+    return v, xp.where(a < beta, d / beta, xp.sign(d)) / d.size
 
 
 def _np_log_cosh(p, t):
+    xp = _xp(p)
     d = p - t
-    return np.mean(np.logaddexp(d, -d) - math.log(2.0))
+    return xp.mean(xp.logaddexp(d, -d) - math.log(2.0))
 
 
 def _np_log_cosh_vg(p, t):
+    xp = _xp(p)
     d = p - t
-    return np.mean(np.logaddexp(d, -d) - math.log(2.0)), np.tanh(d) / d.size
+    return xp.mean(xp.logaddexp(d, -d) - math.log(2.0)), xp.tanh(d) / d.size
 
 
 def _np_quantile(p, t, q=0.5):
+    xp = _xp(p)
     r = t - p
-    return np.mean(np.maximum(q * r, (q - 1) * r))
+    return xp.mean(xp.maximum(q * r, (q - 1) * r))
 
 
 def _np_quantile_vg(p, t, q=0.5):
+    xp = _xp(p)
     r = t - p
-    return np.mean(np.maximum(q * r, (q - 1) * r)), np.where(r > 0, -q, np.where(r < 0, 1 - q, 0.0)) / r.size
+    return xp.mean(xp.maximum(q * r, (q - 1) * r)), xp.where(r > 0, -q, xp.where(r < 0, 1 - q, 0.0)) / r.size
 
 
 def _np_poisson(p, t):
-    return np.mean(np.exp(p) - t * p)
+    xp = _xp(p)
+    return xp.mean(xp.exp(p) - t * p)
 
 
 def _np_poisson_vg(p, t):
-    e = np.exp(p)
-    return np.mean(e - t * p), (e - t) / p.size
+    xp = _xp(p)
+    e = xp.exp(p)
+    return xp.mean(e - t * p), (e - t) / p.size
 
 
 def _np_bce(p, t):
-    return -np.mean(t * np.maximum(np.log(p), -100) + (1 - t) * np.maximum(np.log1p(-p), -100))
+    xp = _xp(p)
+    return -xp.mean(t * xp.maximum(xp.log(p), -100) + (1 - t) * xp.maximum(xp.log1p(-p), -100))
 
 
 def _np_bce_vg(p, t):
+    xp = _xp(p)
     v = _np_bce(p, t)
-    return v, (p - t) / np.maximum(p * (1 - p), 1e-12) / p.size
+    return v, (p - t) / xp.maximum(p * (1 - p), 1e-12) / p.size
 
 
 def _np_bce_logits(x, t):
-    return np.mean(np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))))
+    xp = _xp(x)
+    return xp.mean(xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x))))
 
 
 def _np_bce_logits_vg(x, t):
-    return _np_bce_logits(x, t), (1 / (1 + np.exp(-x)) - t) / x.size
+    xp = _xp(x)
+    return _np_bce_logits(x, t), (1 / (1 + xp.exp(-x)) - t) / x.size
 
 
 def _np_hinge(p, t):
-    return np.mean(np.maximum(0, 1 - (2 * t - 1) * p))
+    xp = _xp(p)
+    return xp.mean(xp.maximum(0, 1 - (2 * t - 1) * p))
 
 
 def _np_hinge_vg(p, t):
+    xp = _xp(p)
     s = 2 * t - 1
     z = 1 - s * p
-    return np.mean(np.maximum(0, z)), np.where(z > 0, -s, 0) / p.size
+    return xp.mean(xp.maximum(0, z)), xp.where(z > 0, -s, 0) / p.size
 
 
 def _np_sq_hinge(p, t):
-    return np.mean(np.maximum(0, 1 - (2 * t - 1) * p) ** 2)
+    xp = _xp(p)
+    return xp.mean(xp.maximum(0, 1 - (2 * t - 1) * p) ** 2)
 
 
 def _np_sq_hinge_vg(p, t):
+    xp = _xp(p)
     s = 2 * t - 1
-    z = np.maximum(0, 1 - s * p)
-    return np.mean(z * z), -2 * s * z / p.size
+    z = xp.maximum(0, 1 - s * p)
+    return xp.mean(z * z), -2 * s * z / p.size
 
 
 def _np_focal(x, t, alpha=0.25, gamma=2.0):
-    p = 1 / (1 + np.exp(-x))
-    ce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+    xp = _xp(x)
+    p = 1 / (1 + xp.exp(-x))
+    ce = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
     p_t = p * t + (1 - p) * (1 - t)
-    return np.mean(ce * (1 - p_t) ** gamma * (alpha * t + (1 - alpha) * (1 - t)))
+    return xp.mean(ce * (1 - p_t) ** gamma * (alpha * t + (1 - alpha) * (1 - t)))
 
 
 def _np_focal_vg(x, t, alpha=0.25, gamma=2.0):
-    p = 1 / (1 + np.exp(-x))
-    ce = np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+    xp = _xp(x)
+    p = 1 / (1 + xp.exp(-x))
+    ce = xp.maximum(x, 0) - x * t + xp.log1p(xp.exp(-xp.abs(x)))
     u = 1 - (p * t + (1 - p) * (1 - t))
     a = alpha * t + (1 - alpha) * (1 - t)
-    v = np.mean(ce * u ** gamma * a)
+    v = xp.mean(ce * u ** gamma * a)
     g = a * ((p - t) * u ** gamma + ce * gamma * u ** (gamma - 1) * p * (1 - p) * (1 - 2 * t))
     return v, g / x.size
 
 
 def _np_lse(x):
+    xp = _xp(x)
     m = x.max(axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.exp(x - m).sum(axis=1))
+    return m[:, 0] + xp.log(xp.exp(x - m).sum(axis=1))
 
 
 def _np_ce(x, y):
-    return np.mean(_np_lse(x) - x[np.arange(x.shape[0]), y])
+    xp = _xp(x)
+    return xp.mean(_np_lse(x) - x[xp.arange(x.shape[0]), y])
 
 
 def _np_ce_vg(x, y):
+    xp = _xp(x)
     m = x.max(axis=1, keepdims=True)
-    e = np.exp(x - m)
+    e = xp.exp(x - m)
     s = e.sum(axis=1, keepdims=True)
-    rows = np.arange(x.shape[0])
-    v = np.mean(m[:, 0] + np.log(s[:, 0]) - x[rows, y])
+    rows = xp.arange(x.shape[0])
+    v = xp.mean(m[:, 0] + xp.log(s[:, 0]) - x[rows, y])
     g = e / s
     g[rows, y] -= 1
     return v, g / x.shape[0]
 
 
 def _np_mm(x, y, margin=1.0):
-    rows = np.arange(x.shape[0])
-    z = np.maximum(0, margin - x[rows, y][:, None] + x)
+    xp = _xp(x)
+    rows = xp.arange(x.shape[0])
+    z = xp.maximum(0, margin - x[rows, y][:, None] + x)
     z[rows, y] = 0
-    return np.mean(z.sum(axis=1) / x.shape[1])
+    return xp.mean(z.sum(axis=1) / x.shape[1])
 
 
 def _np_mm_vg(x, y, margin=1.0):
-    rows = np.arange(x.shape[0])
+    xp = _xp(x)
+    rows = xp.arange(x.shape[0])
     z = margin - x[rows, y][:, None] + x
     hit = z > 0
     hit[rows, y] = False
-    v = np.mean(np.where(hit, z, 0).sum(axis=1) / x.shape[1])
+    v = xp.mean(xp.where(hit, z, 0).sum(axis=1) / x.shape[1])
     g = hit.astype(x.dtype)
     g[rows, y] = -hit.sum(axis=1)
     return v, g / (x.shape[0] * x.shape[1])
 
 
 def _np_kl(x, t):
-    return np.sum(np.where(t > 0, t * (np.log(np.where(t > 0, t, 1)) - x), 0)) / x.shape[0]
+    xp = _xp(x)
+    return xp.sum(xp.where(t > 0, t * (xp.log(xp.where(t > 0, t, 1)) - x), 0)) / x.shape[0]
 
 
 def _np_kl_vg(x, t):

@@ -17,16 +17,20 @@ from .. import LOSSES
 from .cases import CASES, torch_baselines
 
 
-def median_times(fns, min_time=0.02, samples=5):
+def median_times(fns, min_time=0.02, samples=5, sync=None):
     """Median seconds per call of each of ``fns`` over ``samples`` samples of at least
     ``min_time`` each, the samples taken in turn (a, b, a, b, ...) so that a slow spell of a
     shared machine hits all of them alike. Each function is called twice first (compilation,
-    caches, allocator; the second call sizes its samples)."""
+    caches, allocator; the second call sizes its samples). ``sync``, when given, is called at
+    the end of each sample before the clock is read (the GPU's work is asynchronous)."""
+    sync = sync or (lambda: None)
     loops = []
     for fn in fns:
         fn()
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         loops.append(max(1, int(min_time / max(time.perf_counter() - t0, 1e-7))))
     times = [[] for _ in fns]
     for _ in range(samples):
@@ -34,6 +38,7 @@ def median_times(fns, min_time=0.02, samples=5):
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
+            sync()
             ts.append((time.perf_counter() - t0) / n)
     return [statistics.median(ts) for ts in times]
 
@@ -54,20 +59,20 @@ def read_ceiling(nbytes, min_time=0.02, samples=5):
     return nread / t / 1e9
 
 
-def _torch_call(fn, pred, target, case, backward):
+def torch_call(fn, pred, target, backward):
+    """A call of the PyTorch baseline ``fn`` on tensors ``pred`` and ``target``: forward under
+    no_grad, or forward and backward from a fresh leaf (as a training step does)."""
     import torch
 
-    tp = torch.from_numpy(pred)
-    tt = torch.from_numpy(target)
     if not backward:
         def run():
             with torch.no_grad():
-                fn(tp, tt)
+                fn(pred, target)
         return run
 
     def run_bwd():
-        x = tp.detach().requires_grad_(True)
-        fn(x, tt).backward()
+        x = pred.detach().requires_grad_(True)
+        fn(x, target).backward()
     return run_bwd
 
 
@@ -97,7 +102,8 @@ def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, torch_fns=
     fns = [fast, reader, base]
     torch_fns = torch_baselines() if torch_fns is None else torch_fns
     if name in torch_fns:
-        fns.append(_torch_call(torch_fns[name], pred, target, case, op != "value"))
+        import torch
+        fns.append(torch_call(torch_fns[name], torch.from_numpy(pred), torch.from_numpy(target), op != "value"))
     times = median_times(fns, min_time, samples)
     res["fastloss_s"], ceil_s, res["numpy_s"] = times[:3]
     if len(times) > 3:
