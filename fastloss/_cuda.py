@@ -651,26 +651,39 @@ def _setup_ctypes():
 
 class _Packer:
     """The parameter buffer of one kernel specialisation, reused launch after launch (the
-    driver copies the parameters when the launch is issued)."""
+    driver copies the parameters when the launch is issued). One buffer per thread: ctypes
+    releases the GIL during cuLaunchKernel, so a buffer shared by threads could be repacked by
+    another thread's launch while the driver is still reading it."""
 
-    __slots__ = ("st", "buf", "extra", "size")
+    __slots__ = ("st", "local")
 
     def __init__(self, fmt):
-        import ctypes
         import struct
+        import threading
         self.st = struct.Struct(fmt)
-        self.buf = ctypes.create_string_buffer(max(self.st.size, 8))
-        self.size = ctypes.c_size_t(self.st.size)
-        # CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END
-        self.extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(self.buf), 2, ctypes.addressof(self.size), 0)
+        self.local = threading.local()
+
+    def _buffers(self):
+        """This thread's (buffer, extra): CU_LAUNCH_PARAM_BUFFER_POINTER, buffer,
+        CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END (size kept alive beside them)."""
+        import ctypes
+        buf = ctypes.create_string_buffer(max(self.st.size, 8))
+        size = ctypes.c_size_t(self.st.size)
+        extra = (ctypes.c_void_p * 5)(1, ctypes.addressof(buf), 2, ctypes.addressof(size), 0)
+        self.local.bufs = bufs = (buf, extra, size)
+        return bufs
 
     def launch(self, handle, grid, block, stream, kargs):
-        self.st.pack_into(self.buf, 0, *kargs)
-        rc = _cu_launch(handle, grid, 1, 1, block, 1, 1, 0, stream, None, self.extra)
+        bufs = getattr(self.local, "bufs", None)
+        if bufs is None:
+            bufs = self._buffers()
+        buf, extra = bufs[0], bufs[1]
+        self.st.pack_into(buf, 0, *kargs)
+        rc = _cu_launch(handle, grid, 1, 1, block, 1, 1, 0, stream, None, extra)
         if rc:
             if rc == 201:  # CUDA_ERROR_INVALID_CONTEXT: this thread has none current yet
                 cuda.current_context()
-                rc = _cu_launch(handle, grid, 1, 1, block, 1, 1, 0, stream, None, self.extra)
+                rc = _cu_launch(handle, grid, 1, 1, block, 1, 1, 0, stream, None, extra)
             if rc:
                 raise RuntimeError(f"fastloss: cuLaunchKernel failed with CUDA error {rc} ({_cu_error_name(rc)})")
 

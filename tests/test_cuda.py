@@ -527,3 +527,37 @@ def test_torch_requires_grad_version_and_stream(fl, torch_cuda, rng):
     v = fl.mse(p, t, stream=s)  # or to an explicit one
     s.synchronize()
     assert_close(v.item(), torch.nn.functional.mse_loss(p, t).item(), np.float32)
+
+
+def test_launch_parameter_buffers_are_per_thread(monkeypatch):
+    """The direct launch path of a real GPU packs a kernel's parameters into a buffer that the
+    driver reads inside cuLaunchKernel, which ctypes calls with the GIL released. Another
+    thread's launch of the same kernel must not repack that buffer meanwhile. A stand-in for
+    cuLaunchKernel (no GPU needed) keeps the first thread inside the call until a second thread
+    has packed and launched its own parameters, then reads what the first launch would send."""
+    import ctypes
+    import threading
+
+    from fastloss import _cuda
+
+    packer = _cuda._Packer("<qqd")
+    inside, second_done = threading.Event(), threading.Event()
+    sent = {}
+
+    def fake_cu_launch(handle, gx, gy, gz, bx, by, bz, shmem, stream, params, extra):
+        if handle == 1:
+            inside.set()
+            second_done.wait(10)
+        size = ctypes.c_size_t.from_address(extra[3]).value
+        sent[handle] = packer.st.unpack(ctypes.string_at(extra[1], size))
+        if handle == 2:
+            second_done.set()
+        return 0
+
+    monkeypatch.setattr(_cuda, "_cu_launch", fake_cu_launch)
+    first = threading.Thread(target=packer.launch, args=(1, 4, 32, 0, (11, 12, 0.5)))
+    first.start()
+    assert inside.wait(10)
+    packer.launch(2, 4, 32, 0, (21, 22, 1.5))
+    first.join(10)
+    assert sent == {1: (11, 12, 0.5), 2: (21, 22, 1.5)}
