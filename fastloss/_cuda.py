@@ -156,11 +156,12 @@ class _Buf:
     (kept alive, and returned as a result when it is one); ``fam``/``dev`` its family and GPU.
     """
 
-    __slots__ = ("ptr", "shape", "dtype", "strides", "owner", "nd", "fam", "dev", "ro")
+    __slots__ = ("ptr", "shape", "dtype", "strides", "owner", "nd", "fam", "dev", "ro", "temp")
 
-    def __init__(self, ptr, shape, dtype, strides, owner, nd, fam, dev, ro=False):
+    def __init__(self, ptr, shape, dtype, strides, owner, nd, fam, dev, ro=False, temp=False):
         self.ptr, self.shape, self.dtype, self.strides = ptr, shape, dtype, strides
         self.owner, self.nd, self.fam, self.dev, self.ro = owner, nd, fam, dev, ro
+        self.temp = temp  # owner is a copy fastloss made on the array library's current stream
 
     @property
     def ndim(self):
@@ -270,16 +271,17 @@ def _describe(x, name):
         if _TORCH_NP is None:
             _torch_maps()
         dt = _TORCH_NP.get(x.dtype)
+        temp = False
         if dt is None:
             if x.dtype == sys.modules["torch"].bfloat16:
                 x = x.float()  # as the CPU path: bfloat16 is read as float32
-                dt = _F32
+                dt, temp = _F32, True
             else:
                 raise TypeError(f"{name} has dtype {x.dtype}, which fastloss does not support")
         if x.is_neg():
-            x = x.resolve_neg()
+            x, temp = x.resolve_neg(), True
         strides = None if x.is_contiguous() else tuple(x.stride())
-        return _Buf(x.data_ptr(), tuple(x.shape), dt, strides, x, None, TORCH, x.device.index)
+        return _Buf(x.data_ptr(), tuple(x.shape), dt, strides, x, None, TORCH, x.device.index, temp=temp)
     if fam is CUPY:
         dt = x.dtype
         strides = None if x.flags.c_contiguous else tuple(s // dt.itemsize for s in x.strides)
@@ -341,6 +343,8 @@ class _Call:
     def __init__(self, loss, ref, stream):
         self.loss, self.ref, self.fam, self.dev = loss, ref, ref.fam, ref.dev
         self.block = int(_config.CUDA_BLOCK)
+        # stream= when it is not the array library's current stream, as torch's or CuPy's stream
+        # object (torch: record_stream's argument; CuPy: the stream to allocate on), else None
         self.record = None
         self.h = 0 if SIM else _stream_handle(stream, ref)
         if stream is not None and self.fam is TORCH and not SIM:
@@ -349,6 +353,24 @@ class _Call:
             cur = torch.cuda.current_stream(ref.owner.device).cuda_stream
             if cur != self.h:
                 self.record = torch.cuda.ExternalStream(self.h, device=ref.owner.device)
+                if ref.temp:
+                    self._adopt(ref)
+        elif stream is not None and self.fam is CUPY and not SIM:
+            # CuPy's pool keeps a free list per stream, the one current at allocation: our
+            # scratch and results are allocated on our stream (in alloc), so that a block freed
+            # after the call is reused only by work queued behind our kernels.
+            cupy = sys.modules["cupy"]
+            if cupy.cuda.get_current_stream().ptr != self.h:
+                self.record = cupy.cuda.ExternalStream(self.h)
+
+    def _adopt(self, b):
+        """``b`` is a tensor fastloss made (a bfloat16 input as float32, a negated view resolved)
+        on torch's current stream, while the kernels go to another: that stream waits for it,
+        and the allocator learns that the stream uses it."""
+        torch = sys.modules["torch"]
+        ours = self.record if self.fam is TORCH else torch.cuda.ExternalStream(self.h, device=b.owner.device)
+        ours.wait_stream(torch.cuda.current_stream(b.owner.device))
+        b.owner.record_stream(ours)
 
     def check(self, b, name):
         if b.dev is not None and self.dev is not None and b.dev != self.dev:
@@ -358,6 +380,8 @@ class _Call:
     def describe(self, x, name):
         b = _describe(x, name)
         self.check(b, name)
+        if b.temp and self.record is not None:
+            self._adopt(b)
         return b
 
     def alloc(self, shape, dtype):
@@ -371,7 +395,10 @@ class _Call:
             return _Buf(t.data_ptr(), shape, dtype, None, t, None, TORCH, self.dev)
         if fam is CUPY:
             cupy = sys.modules["cupy"]
-            if _NGPUS > 1:  # pragma: no cover - needs several GPUs
+            if self.record is not None:  # stream= other than CuPy's current stream
+                with cupy.cuda.Device(self.dev), self.record:
+                    a = cupy.empty(shape, dtype)
+            elif _NGPUS > 1:  # pragma: no cover - needs several GPUs
                 with cupy.cuda.Device(self.dev):
                     a = cupy.empty(shape, dtype)
             else:
