@@ -200,7 +200,9 @@ class ElementwiseLoss(Loss):
         compute dtype ``ct`` and (name, value) of the boolean options (``static``, constants as on
         the CPU); built on first use, one per combination (see kernels/cuda_elementwise.py)."""
         from .kernels import cuda_helpers
-        key = (tuple(array_params), ct, tuple(static), _config.CUDA_BLOCK, cuda_helpers.use_shuffles())
+        # Every setting the generated text depends on (a tuning sweep changes them at run time).
+        key = (tuple(array_params), ct, tuple(static), _config.CUDA_BLOCK, cuda_helpers.use_shuffles(),
+               int(_config.CUDA_EW_VECTORS))
         mods = self.__dict__.setdefault("_cuda", {})
         mod = mods.get(key)
         if mod is None:

@@ -486,6 +486,23 @@ def test_vector_and_scalar_paths(fl, rng):
             _config.CUDA_VECTOR = saved
 
 
+def test_vectors_per_thread_setting_takes_effect(fl, rng, monkeypatch):
+    """_config.CUDA_EW_VECTORS (vectors in flight per thread, a tuning knob bench_gpu.py sweeps)
+    changes the generated elementwise module at run time, and each setting computes the same."""
+    from fastloss import _config
+    n = BIG + 3
+    pred, target, _ = elementwise_data("huber", (n,), np.float32, rng)
+    cv, cg = fl.huber.value_and_grad(pred, target, reduction="none")
+    mods = set()
+    for ev in (1, 3):
+        monkeypatch.setattr(_config, "CUDA_EW_VECTORS", ev)
+        v, g = fl.huber.value_and_grad(NB.dev(pred), NB.dev(target), reduction="none")
+        assert_close(NB.host(v), cv, np.float32, factor=4)
+        assert_close(NB.host(g), cg, np.float32, factor=4)
+        mods.add(id(fl.huber.cuda_kernels((), "float32")))
+    assert len(mods) == 2
+
+
 def test_import_does_not_load_cuda():
     import subprocess
     code = "import sys, fastloss; print('numba.cuda' in sys.modules, 'fastloss._cuda' in sys.modules)"
