@@ -306,17 +306,20 @@ def _describe(x, name):
         raise TypeError(f"{name}: could not read its __cuda_array_interface__: {exc}") from None
     if cai.get("mask") is not None:
         raise TypeError(f"{name} is a masked CUDA array; fastloss does not support masks")
-    shape = tuple(cai["shape"])
+    # Python ints throughout: a producer may give NumPy integers, which the launch path (and its
+    # kernel signatures) do not take as int64.
+    shape = tuple(int(s) for s in cai["shape"])
     dt = np.dtype(cai["typestr"])
     if not dt.isnative:
         raise TypeError(f"{name} has non-native byte order {dt}")
     ptr, ro = cai["data"]
+    ptr = int(ptr or 0)
     strides = cai.get("strides")
     if strides is not None:
-        strides = tuple(s // dt.itemsize for s in strides)
+        strides = tuple(int(s) // dt.itemsize for s in strides)
         if _is_c(shape, strides):
             strides = None
-    return _Buf(ptr or 0, shape, dt, strides, x, None, NUMBA, _ptr_device(ptr), bool(ro))
+    return _Buf(ptr, shape, dt, strides, x, None, NUMBA, _ptr_device(ptr), bool(ro))
 
 
 def _ptr_device(ptr):
