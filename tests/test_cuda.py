@@ -355,6 +355,26 @@ def test_cross_entropy_all_ignored(fl):
     assert NB.host(fl.cross_entropy(x, y, reduction="sum")) == 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_confident_rows(fl, dtype):
+    """As on the CPU (test_rows.py): a confident row's loss and label gradient keep their
+    relative accuracy, with labels (thread, warp and block per row) and with probabilities.
+    The online softmax rescales s as it goes, a few more roundings of 1 + (tiny) than the CPU's
+    two passes: a few ulp of 1 absolute in float64."""
+    from test_rows import CONFIDENT_ROWS
+    rtol, atol = (2e-6, 0.0) if dtype == np.float32 else (1e-12, 2e-15)
+    for row, loss, grad_y in CONFIDENT_ROWS:
+        for C in (len(row), 40, 200):  # padded with very negative logits: same loss to the last bit
+            x = np.full((1, C), -1e4, dtype)
+            x[0, :len(row)] = row
+            if row[0] > 1e6:
+                x[0, len(row):] = row[0] - 1e4
+            for t in (np.array([0]), np.eye(C, dtype=dtype)[[0]]):
+                v, g = fl.cross_entropy.value_and_grad(NB.dev(x), NB.dev(t), reduction="none")
+                np.testing.assert_allclose(NB.host(v), [loss], rtol=rtol, atol=atol, err_msg=f"{row} C={C}")
+                np.testing.assert_allclose(NB.host(g)[0, 0], grad_y, rtol=rtol, atol=atol, err_msg=f"{row} C={C}")
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_hinge_bad_targets(fl):
     p = NB.dev(np.zeros(100))

@@ -204,6 +204,68 @@ def test_ce_huge_logits(fl, dtype, big):
         assert_close(g, eg, dtype)
 
 
+# Confident rows and large logits: (logits, label 0, exact loss, exact d loss / d x_0). Written
+# with log1p/exp of the margin in float64, so the references are exact to the last bits.
+CONFIDENT_ROWS = [
+    ([10.0, 0.0, 0.0], np.log1p(2 * np.exp(-10.0)), -2 * np.exp(-10.0) / (1 + 2 * np.exp(-10.0))),
+    ([20.0, 0.0], np.log1p(np.exp(-20.0)), -np.exp(-20.0) / (1 + np.exp(-20.0))),
+    ([1e8, 1e8], np.log(2.0), -0.5),
+    ([10001.0, 10000.0], np.log1p(np.exp(-1.0)), -1 / (1 + np.exp(1.0))),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("targets", ["labels", "probabilities"])
+def test_ce_confident_rows_keep_relative_accuracy(fl, dtype, targets):
+    """The loss of a confident row is small next to its logits, and softmax_y − 1 is small next
+    to 1: computed as lse − x_y or in the data's dtype they lost everything (0 at [20, 0] in
+    float32, for the gradient, and at [1e8, 1e8] for the loss with probability targets).
+
+    What is left is the float64 rounding of s = Σ exp(x_c − m) = 1 + (tiny): an absolute error
+    of about 1e-16 in the loss and the label's gradient, far below float32's resolution."""
+    rtol, atol = (2e-6, 0.0) if dtype == np.float32 else (1e-12, 4e-16)
+    for row, loss, grad_y in CONFIDENT_ROWS:
+        x = np.array([row], dtype)
+        t = np.array([0]) if targets == "labels" else np.eye(len(row), dtype=dtype)[[0]]
+        v, g = fl.cross_entropy.value_and_grad(x, t, reduction="none")
+        np.testing.assert_allclose(v, [loss], rtol=rtol, atol=atol, err_msg=f"{row}")
+        np.testing.assert_allclose(g[0, 0], grad_y, rtol=rtol, atol=atol, err_msg=f"{row}")
+        np.testing.assert_allclose(g[0].sum(), 0.0, atol=4 * np.finfo(dtype).eps, err_msg=f"{row}")
+    if dtype == np.float64:  # the margin 1 sits below the ulp of 1e8 in float32
+        v = fl.cross_entropy(np.array([[1e8 + 1, 1e8]]), np.array([0]))
+        np.testing.assert_allclose(v, np.log1p(np.exp(-1.0)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1}, {"class_weight": "random"}],
+                         ids=["plain", "smoothing", "class_weight"])
+def test_ce_gradient_into_the_logits(dtype, kw, rng):
+    """out=logits (the README's in-place gradient): the same value and gradient as into a new
+    buffer. The CPU kernels used to read the label's logit (and the whole row, for smoothing
+    and probability targets) after writing the exps over it: a wrong value."""
+    import fastloss as fl
+    C = 1000
+    x = (rng.standard_normal((6, C)) * 3).astype(dtype)
+    if kw.get("class_weight") == "random":
+        kw = {"class_weight": rng.random(C)}
+    probs = rng.random((6, C)).astype(dtype)
+    probs /= probs.sum(axis=1, keepdims=True)
+    for target in (rng.integers(0, C, 6), probs):
+        v, g = fl.cross_entropy.value_and_grad(x, target, **kw)
+        xx = x.copy()
+        v2, g2 = fl.cross_entropy.value_and_grad(xx, target, out=xx, **kw)
+        assert g2 is xx
+        assert v2 == v
+        np.testing.assert_array_equal(g2, g)
+
+
+def test_multi_margin_nan_score_contributes_nothing(fl):
+    """The README's exception to NaN propagation: a NaN score fails z > 0."""
+    v, g = fl.multi_margin.value_and_grad(np.array([[0.5, np.nan, 0.2]]), np.array([0]), reduction="none")
+    np.testing.assert_allclose(v, [(1 - 0.5 + 0.2) / 3])
+    np.testing.assert_allclose(g, [[-1 / 3, 0, 1 / 3]])
+
+
 def test_ce_nan_propagates(fl, rng):
     pred = rng.standard_normal((3, 4))
     pred[1, 2] = np.nan

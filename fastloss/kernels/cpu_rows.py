@@ -105,22 +105,30 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
                 grad[r][:] = 0.0
             continue
         m = _row_max(row, mlanes)
-        if grad is None:
-            s = _sum_exp(row, m, lanes, buf)
-        else:
-            s = _sum_exp_into(row, m, lanes, grad[r])
-        lse = m + np.log(s)
-        wy = 1.0 if class_weight is None else class_weight[y]
-        l = (1.0 - smoothing) * wy * (lse - row[y])
+        # Everything that reads the row's logits comes before the Σ exp pass, which may write
+        # the exps over them (out=logits: the gradient row is the logits row).
+        x_y = np.float64(row[y])
+        smooth_sum = 0.0
         if smoothing != 0.0:
-            # Σ_c w_c (lse − x_c) = W·lse − Σ_c w_c x_c
+            # Σ_c w_c (lse − x_c) = W log s + Σ_c w_c (m − x_c): non-negative terms, no cancellation
             lanes[:] = 0.0
             for b0 in range(0, C, BLOCK):
                 rb = row[b0:b0 + BLOCK]
                 for j in range(rb.size):
-                    buf[j] = rb[j] if class_weight is None else rb[j] * class_weight[b0 + j]
+                    buf[j] = (m - rb[j]) if class_weight is None else (m - rb[j]) * class_weight[b0 + j]
                 lanes_add(lanes, buf[:rb.size])
-            l += smoothing / C * (cw_sum * lse - lane_sum(lanes))
+            smooth_sum = lane_sum(lanes)
+        if grad is None:
+            s = _sum_exp(row, m, lanes, buf)
+        else:
+            s = _sum_exp_into(row, m, lanes, grad[r])
+        log_s = np.log(s)
+        wy = 1.0 if class_weight is None else class_weight[y]
+        # lse − x_y as (m − x_y) + log s, in float64: forming lse = m + log s first rounds at
+        # ulp(m), which can be all of a confident row's loss (m = 30, loss 2e-13).
+        l = (1.0 - smoothing) * wy * ((np.float64(m) - x_y) + log_s)
+        if smoothing != 0.0:
+            l += smoothing / C * (cw_sum * log_s + smooth_sum)
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
@@ -129,13 +137,17 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
         if grad is not None:
             grow = grad[r]
             gs = sw * scale
+            e_y = np.float64(grow[y])  # exp(x_y − m), kept there by _sum_exp_into
             a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
             _scale(grow, dt(a * gs / s))
             if smoothing != 0.0:
                 e = smoothing / C * gs
                 for c in range(C):
                     grow[c] -= dt(e if class_weight is None else e * class_weight[c])
-            grow[y] -= dt((1.0 - smoothing) * wy * gs)
+            # The label's entry in float64, with softmax_y − 1 as (e_y − s) / s: rounded to the
+            # data's dtype first, it cancels to 0 for a confident row (x = [20, 0] in float32).
+            grow[y] = dt(gs * ((1.0 - smoothing) * wy * ((e_y - s) / s)
+                               + smoothing / C * (cw_sum * e_y / s - wy)))
     return total
 
 
@@ -151,6 +163,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
     total = 0.0
     lanes = np.empty(LANES)
     lanes_w = np.empty(LANES)
+    lanes_s = np.empty(LANES)
     mlanes = np.empty(LANES, dtype=logits.dtype)
     buf = np.empty(BLOCK, dtype=logits.dtype)
     buf_w = np.empty(BLOCK, dtype=logits.dtype)
@@ -158,11 +171,9 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         row = logits[r]
         trow = probs[r]
         m = _row_max(row, mlanes)
-        if grad is None:
-            s = _sum_exp(row, m, lanes, buf)
-        else:
-            s = _sum_exp_into(row, m, lanes, grad[r])
-        lse = dt(m + np.log(s))
+        # Σ_c w_c t'_c (lse − x_c) = (Σ_c w_c t'_c) log s + Σ_c w_c t'_c (m − x_c): non-negative
+        # terms, where lse − x_c rounded at ulp(m) lost a confident row's loss. Read before the
+        # Σ exp pass, which may write the exps over the logits (out=logits).
         lanes[:] = 0.0
         lanes_w[:] = 0.0
         for b0 in range(0, C, BLOCK):
@@ -171,12 +182,16 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
             for j in range(rb.size):
                 tc = (1.0 - smoothing) * tb[j] + smoothing / C
                 wt = tc if class_weight is None else class_weight[b0 + j] * tc
-                buf[j] = wt * (lse - rb[j]) if tc != 0.0 else 0.0
+                buf[j] = wt * (m - rb[j]) if tc != 0.0 else 0.0
                 buf_w[j] = wt
             lanes_add(lanes, buf[:rb.size])
             lanes_add(lanes_w, buf_w[:rb.size])
-        l = lane_sum(lanes)
+        if grad is None:
+            s = _sum_exp(row, m, lanes_s, buf)
+        else:
+            s = _sum_exp_into(row, m, lanes_s, grad[r])
         wsum = lane_sum(lanes_w)
+        l = wsum * np.log(s) + lane_sum(lanes)
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
@@ -185,11 +200,13 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         if grad is not None:
             grow = grad[r]
             gs = sw * scale
-            _scale(grow, dt(wsum * gs / s))
+            k = wsum / s
             for c in range(C):
+                # (Σ w t') softmax_c − w_c t'_c in float64, rounded once: in the data's dtype a
+                # confident class's softmax_c − 1 cancels to 0.
                 tc = (1.0 - smoothing) * trow[c] + smoothing / C
                 wt = tc if class_weight is None else class_weight[c] * tc
-                grow[c] -= dt(wt * gs)
+                grow[c] = dt(gs * (np.float64(grow[c]) * k - wt))
     return total
 
 

@@ -146,14 +146,16 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
         wy = 1.0
         swr = 1.0
         if live:
-            lse = float64(mx) + math.log(s)
+            ls = math.log(s)
             if has_cw:
                 wy = float64(cw[y])
             if has_sw:
                 swr = float64(sw[r])
-            l = (1.0 - eps) * wy * (lse - xy)
+            # (m - x_y) + log s: forming lse = m + log s first rounds at ulp(m), which can be all
+            # of a confident row's loss
+            l = (1.0 - eps) * wy * ((float64(mx) - xy) + ls)
             if eps != 0.0:
-                l += epsc * (W * lse - sx)
+                l += epsc * (W * (float64(mx) + ls) - sx)
             l = l * swr
         # pass 2: the gradient, (a softmax_c - b w_c) minus the label's term
         if has_g and r < R:
@@ -161,7 +163,10 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                 gs = swr * scale
                 a = CT(((1.0 - eps) * wy + epsc * W) * gs)
                 b = CT(epsc * gs)
-                cy = CT((1.0 - eps) * wy * gs)
+                # the label's entry in float64, softmax_y - 1 as (e_y - s) / s: in the compute
+                # dtype it cancels to 0 for a confident row
+                ey = math.exp(xy - float64(mx))
+                gy = CT(gs * ((1.0 - eps) * wy * ((ey - s) / s) + epsc * (W * ey / s - wy)))
                 mc = mx
                 inv = CT(1.0 / s)
 {P2_VEC}
@@ -182,13 +187,13 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                     g2 = ce_grad(x2, w2, a, b, mc, inv)
                     g3 = ce_grad(x3, w3, a, b, mc, inv)
                     if c == y:
-                        g0 = g0 - cy
+                        g0 = gy
                     elif c + GS == y:
-                        g1 = g1 - cy
+                        g1 = gy
                     elif c + 2 * GS == y:
-                        g2 = g2 - cy
+                        g2 = gy
                     elif c + 3 * GS == y:
-                        g3 = g3 - cy
+                        g3 = gy
                     grad[r, c] = g0
                     grad[r, c + GS] = g1
                     grad[r, c + 2 * GS] = g2
@@ -200,7 +205,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                         wc = CT(cw[c])
                     g = ce_grad(CT(x[r, c]), wc, a, b, mc, inv)
                     if c == y:
-                        g = g - cy
+                        g = gy
                     grad[r, c] = g
                     c += GS
             else:
@@ -267,18 +272,21 @@ def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, d
         if live:
             if has_sw:
                 swr = float64(sw[r])
-            l = (sa * (mx + math.log(s)) - sb) * swr
+            # sum w t' (lse - x) = A log s + (A m - B): not A (m + log s) - B, which rounds
+            # log s at ulp(m) first
+            l = (sa * math.log(s) + (sa * mx - sb)) * swr
         if has_g and live:
             gs = swr * scale
-            a = CT(sa * gs)
+            k = sa / s
             mc = CT(mx)
-            inv = CT(1.0 / s)
             for c in range(lane, C, GS):
-                tc = CT((1.0 - eps) * float64(probs[r, c]) + epsc)
-                wc = CT(1.0)
+                # (sum w t') softmax_c - w_c t'_c in float64, rounded once: in the compute dtype
+                # a confident class's softmax_c - 1 cancels to 0
+                tc = (1.0 - eps) * float64(probs[r, c]) + epsc
+                wc = 1.0
                 if has_cw:
-                    wc = CT(cw[c])
-                grad[r, c] = a * (math.exp(CT(x[r, c]) - mc) * inv) - wc * tc * CT(gs)
+                    wc = float64(cw[c])
+                grad[r, c] = CT(gs * (float64(math.exp(CT(x[r, c]) - mc)) * k - wc * tc))
         if lane == 0 and live:
             if has_v:
                 vals[r] = l
@@ -445,13 +453,13 @@ def _p2_vec(uv, ind, hints):
             out += [f"d = y - (e{u} - ro)",
                     "if d >= 0 and d < 4:",
                     "    if d == 0:",
-                    f"        g{u}0 = g{u}0 - cy",
+                    f"        g{u}0 = gy",
                     "    elif d == 1:",
-                    f"        g{u}1 = g{u}1 - cy",
+                    f"        g{u}1 = gy",
                     "    elif d == 2:",
-                    f"        g{u}2 = g{u}2 - cy",
+                    f"        g{u}2 = gy",
                     "    else:",
-                    f"        g{u}3 = g{u}3 - cy"]
+                    f"        g{u}3 = gy"]
         for u in range(nvec):
             out.append(f"{st}(grad, e{u}, g{u}0, g{u}1, g{u}2, g{u}3)")
         out.append(f"kk -= {step_expr}")
