@@ -65,10 +65,28 @@ def family_of(x):
     return TORCH if _is_torch(x) else NUMPY
 
 
+def _plain_ndarray(x, name):
+    """``x`` (an ndarray) as a base-class ndarray: a subclass's methods may not mean what they
+    mean for ndarray (``np.matrix.reshape(-1)`` stays 2-d), and a mask would be ignored."""
+    if type(x) is np.ndarray:
+        return x
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; fastloss does not apply masks (pass its .filled() "
+                        "data, and zero sample weights where it is masked)")
+    return x.view(np.ndarray)
+
+
+def _torch_numpy(x, name):
+    try:
+        return x.numpy()
+    except (TypeError, RuntimeError) as exc:  # sparse, quantized, nested, float8, ... tensors
+        raise TypeError(f"{name}: a torch tensor fastloss cannot read ({x.layout}, {x.dtype}): {exc}") from None
+
+
 def to_numpy(x, name):
     """``np.asarray`` of ``x``; any failure becomes a TypeError naming the argument."""
     if isinstance(x, np.ndarray):
-        return x
+        return _plain_ndarray(x, name)
     if _is_torch(x):
         if x.device.type != "cpu":
             raise TypeError(f"{name} is a torch tensor on {x.device}; the CPU backend needs CPU tensors")
@@ -77,7 +95,7 @@ def to_numpy(x, name):
         if x.dtype == torch.bfloat16:
             x = x.float()
         x = x.resolve_conj().resolve_neg()
-        return x.numpy()
+        return _torch_numpy(x, name)
     if x is None:
         raise TypeError(f"{name} must be an array, not None")
     if isinstance(x, (str, bytes)):
@@ -126,11 +144,13 @@ def as_labels(arr, name):
 def check_out(out, shape, dtype, name="out"):
     """Validate a user-given gradient buffer: an array of pred's shape and dtype, writeable."""
     if _is_torch(out):
-        out_np = out.detach().numpy() if out.device.type == "cpu" else None
-        if out_np is None:
+        if out.device.type != "cpu":
             raise TypeError(f"{name} is on {out.device}; expected a CPU tensor")
+        if out.is_neg() or out.is_conj():
+            raise TypeError(f"{name} is a negated or conjugated view; pass a tensor fastloss can write into")
+        out_np = _torch_numpy(out.detach(), name)
     elif isinstance(out, np.ndarray):
-        out_np = out
+        out_np = _plain_ndarray(out, name)
     else:
         raise TypeError(f"{name} must be an array of pred's shape and dtype, got {type(out).__name__}")
     if out_np.shape != tuple(shape):
@@ -139,7 +159,34 @@ def check_out(out, shape, dtype, name="out"):
         raise TypeError(f"{name} has dtype {out_np.dtype}, expected pred's dtype {dtype}")
     if not out_np.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if any(st == 0 and n > 1 for st, n in zip(out_np.strides, out_np.shape)):
+        raise ValueError(f"{name} has elements that share memory (a zero stride, e.g. a broadcast or "
+                         "expanded view); pass a buffer with one place per element")
     return out_np
+
+
+def reads_overlap(out_np, pred, others):
+    """Whether the kernels cannot write the gradient straight into ``out``: it shares memory with
+    an input other than as exactly ``pred`` (same start, shape, strides and dtype, which every
+    kernel reads before it writes), e.g. a shifted view of pred, or target. The gradient then
+    goes to a new buffer first and is copied into ``out``."""
+    if _shares(out_np, pred) and not _same_layout(out_np, pred):
+        return True
+    return any(isinstance(a, np.ndarray) and _shares(out_np, a) for a in others)
+
+
+def _shares(a, b):
+    if not np.may_share_memory(a, b):  # bounds only: the common answer, cheaply
+        return False
+    try:
+        return bool(np.shares_memory(a, b, max_work=10_000))
+    except Exception:  # too hard to decide: assume they do (a copy costs time, never a wrong result)
+        return True
+
+
+def _same_layout(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            and a.strides == b.strides and a.dtype == b.dtype)
 
 
 def kernel_buffer(out_np, n, dtype):
@@ -158,6 +205,17 @@ def finish_out(buf, out_np, shape, dtype):
     if not np.shares_memory(res, out_np):
         out_np[...] = res
     return out_np
+
+
+def bump_version(out):
+    """After writing into ``out``: if it is a torch tensor, bump its version counter, as torch's
+    own in-place operations do, so that autograd refuses a graph that saved its old values
+    instead of silently using the new ones."""
+    if _is_torch(out):
+        try:
+            sys.modules["torch"].autograd.graph.increment_version(out)
+        except Exception:  # pragma: no cover - a torch without it
+            pass
 
 
 def wrap(value, family, out=None):

@@ -148,9 +148,15 @@ class Loss:
         t = _arrays.to_numpy(target, "target")
         out_np = _arrays.check_out(out, p.shape, rdt) if out is not None else None
         w = None if sample_weight is None else _arrays.to_numpy(sample_weight, "sample_weight")
-        value, grad = self._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
+        if out_np is not None and _arrays.reads_overlap(out_np, p, (t, w, *opts.values())):
+            value, grad = self._compute(op, p, t, w, reduction, opts, None, rdt, cdt)
+            out_np[...] = grad
+        else:
+            value, grad = self._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
         if op == VALUE:
             return _arrays.wrap(value, family)
+        if out is not None:
+            _arrays.bump_version(out)
         g = _arrays.wrap(grad, family, out)
         if op == GRAD:
             return g
@@ -313,6 +319,10 @@ class ElementwiseLoss(Loss):
         return value, g
 
 
+#: Keyword arguments every loss call takes, so no option may be named so.
+_RESERVED_OPTION_NAMES = frozenset({"reduction", "sample_weight", "out", "stream"})
+
+
 def elementwise_loss(value, deriv, *, name=None, params=None, validate=None, doc=None):
     """Define an elementwise loss from its scalar math; every built-in elementwise loss is made so.
 
@@ -363,6 +373,10 @@ def elementwise_loss(value, deriv, *, name=None, params=None, validate=None, doc
             kind = bool if isinstance(default, bool) else float
             options.append(Option(key, default, kind=kind, array=kind is float))
     names = [o.name for o in options]
+    for n in names:
+        if not isinstance(n, str) or not n.isidentifier() or n in _RESERVED_OPTION_NAMES:
+            raise ValueError(f"elementwise_loss: option name {n!r} is not allowed: options are Python "
+                             f"identifiers other than {', '.join(sorted(_RESERVED_OPTION_NAMES))}")
     for fn, role in ((value, "value"), (deriv, "deriv")):
         if not callable(fn):
             raise TypeError(f"elementwise_loss: {role} must be a function")

@@ -347,3 +347,73 @@ def test_unknown_keywords_with_hostile_values(fl, name, rng):
     for key in ("Reduction", "sample_weights", "weight", "reduction ", "_private", "delta_"):
         for op in OPS:
             expect_error(loss, op, key, p, t, dict(kw, **{key: RaisingArray()}), excs=(TypeError,))
+
+
+# -- out= and inputs that are not plain, separate buffers (found in review, since fixed) ----------
+def raises(exc, match, fn, *args, **kw):
+    """Run fn, require exactly ``exc`` (not a Numba error) with a message matching ``match``."""
+    with pytest.raises(exc, match=match) as info:
+        fn(*args, **kw)
+    assert type(info.value) is exc and not isinstance(info.value, NUMBA_ERRORS), repr(info.value)
+
+
+@pytest.mark.regression
+def test_ndarray_subclass_out_and_inputs(fl):
+    """np.matrix reshapes to 2-d where a flat view was assumed: the kernel wrote whole rows past
+    the buffer (a wrong gradient, then a crash). Subclasses are now read as plain arrays, and a
+    masked array, whose mask would be ignored, is refused."""
+    n = 64
+    pred = np.arange(n, dtype=np.float64).reshape(1, n)
+    out = np.matrix(np.zeros((1, n)))
+    g = fl.mse.grad(pred, np.zeros((1, n)), out=out, reduction="sum")
+    assert g is out
+    np.testing.assert_array_equal(np.asarray(out), 2 * pred)
+    np.testing.assert_allclose(fl.mse(np.matrix(pred), np.zeros((1, n))), np.mean(pred ** 2))
+    raises(TypeError, "out", fl.mse.grad, np.ones(4), np.zeros(4), out=np.ma.zeros(4))
+    raises(TypeError, "pred", fl.mse, np.ma.array([1.0, 2.0], mask=[0, 1]), np.zeros(2))
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("name", ["mse", "log_cosh", "bce_with_logits"])
+@pytest.mark.parametrize("n", [5, 3000, 100_001], ids=["tiny", "serial", "parallel"])
+def test_out_overlapping_an_input(fl, name, n, rng):
+    """out= sharing memory with an input other than as exactly pred (a shifted view, target)
+    used to be written while the input was still being read."""
+    base = rng.standard_normal(n + 1)
+    p, t = base[:-1].copy(), (base[1:] > 0).astype(np.float64)
+    loss = fl.LOSSES[name]
+    v_ref, g_ref = loss.value_and_grad(p, t, reduction="sum")
+    buf = np.concatenate([p, [0.0]])
+    v, g = loss.value_and_grad(buf[:-1], t, out=buf[1:], reduction="sum")  # out is pred shifted by one
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(g, g_ref)
+    tt = t.copy()
+    v, g = loss.value_and_grad(p, tt, out=tt, reduction="sum")  # out is target
+    assert g is tt
+    np.testing.assert_array_equal(v, v_ref)
+    np.testing.assert_array_equal(g, g_ref)
+
+
+@pytest.mark.regression
+def test_out_with_elements_sharing_memory(fl):
+    out = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(4,), strides=(0,))
+    raises(ValueError, "out", fl.mse.grad, np.arange(4.0), np.zeros(4), out=out)
+
+
+@pytest.mark.regression
+def test_torch_out_and_unusual_tensors(fl):
+    torch = pytest.importorskip("torch")
+    p, t = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.zeros(4)
+    raises(ValueError, "out", fl.mse.grad, p, t, out=torch.zeros(1).expand(4))
+    raises(TypeError, "out", fl.mse.grad, p, t, out=torch.zeros(4)._neg_view())
+    raises(TypeError, "pred", fl.mse, p.to_sparse(), t)
+    # An in-place write bumps the version counter, so autograd refuses a graph that saved the
+    # old values (it used to compute a silently wrong gradient).
+    w = torch.randn(3, 4, requires_grad=True)
+    logits = torch.randn(2, 3) @ w
+    z = (logits ** 2).sum()
+    before = logits._version
+    fl.cross_entropy.grad(logits.detach(), torch.tensor([0, 1]), out=logits.detach())
+    assert logits._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.backward()

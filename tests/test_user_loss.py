@@ -96,7 +96,8 @@ def test_pseudo_huber_limits(pseudo_huber):
     p = np.array([1e-4, 1e6])
     t = np.zeros(2)
     v = np.asarray(pseudo_huber(p, t, reduction="none", delta=1.0))
-    assert_close(v[0], 0.5e-8, np.float64, factor=1e4)
+    # d²/2 (− d⁴/8 ...); the formula's sqrt(1 + d²) − 1 itself cancels to about 1e-8 relative
+    np.testing.assert_allclose(v[0], 0.5e-8, rtol=1e-6)
     np.testing.assert_allclose(v[1], 1e6 - 1.0, rtol=1e-9)
 
 
@@ -229,3 +230,61 @@ def test_value_and_grad_is_exactly_call_and_grad(pseudo_huber, reduction, weight
     kw = dict(reduction=reduction, sample_weight=w, delta=0.8)
     check_vg_consistent(pseudo_huber(p, t, **kw), pseudo_huber.grad(p, t, **kw),
                         pseudo_huber.value_and_grad(p, t, **kw))
+
+
+# Options named like the variables of the generated kernels' template (c, t, scale, acc, np,
+# ...) used to shadow them: wrong numbers (some only past the first parallel chunk, 32768
+# elements), duplicate-argument SyntaxErrors or Numba errors. Options are opt_<name> there now.
+_CLASHING = ["c", "t", "j", "n", "g", "s", "pb", "acc", "tb", "full", "scale", "weight", "start", "stop",
+             "flags", "vals", "grad", "sums", "chunk", "np", "LANES", "FLOAT", "param_at", "prange"]
+
+
+def _scaled_square(option):
+    ns = {}
+    exec(f"def value(p_, t_, {option}):\n    return {option} * (p_ - t_) * (p_ - t_)\n"
+         f"def deriv(p_, t_, {option}):\n    return 2.0 * {option} * (p_ - t_)\n", ns)
+    return ns["value"], ns["deriv"]
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("option", _CLASHING)
+def test_option_names_do_not_clash_with_the_kernels(fl, option):
+    value, deriv = _scaled_square(option)
+    loss = fl.elementwise_loss(value, deriv, name=f"scaled_{option}", params={option: 3.0})
+    for n in (4, 70_001):  # serial, and parallel over several chunks
+        p = np.arange(n, dtype=np.float64) % 7
+        v, g = loss.value_and_grad(p, np.zeros(n), reduction="sum")
+        np.testing.assert_allclose(v, 3 * np.sum(p * p), rtol=1e-12)
+        np.testing.assert_allclose(g, 6 * p, rtol=1e-12)
+        v = loss(p, np.zeros(n), reduction="sum", **{option: np.full(n, 0.5)})  # per element
+        np.testing.assert_allclose(v, 0.5 * np.sum(p * p), rtol=1e-12)
+
+
+@pytest.mark.parametrize("option", ["reduction", "sample_weight", "out", "stream", "not an identifier"])
+def test_reserved_option_names_are_refused(fl, option):
+    with pytest.raises(ValueError, match="option name"):
+        fl.elementwise_loss(lambda p, t, x: x, lambda p, t, x: x, params={option: 1.0})
+
+
+def test_any_loss_name_works(fl):
+    """The name goes into a generated file's name: a slash or a dot must not break it."""
+    for name in ("a/b", "../x", "ünïcode loss"):
+        loss = fl.elementwise_loss(lambda p, t: (p - t) * (p - t), lambda p, t: 2.0 * (p - t), name=name)
+        np.testing.assert_allclose(loss(np.array([1.0, 3.0]), np.zeros(2)), 5.0)
+
+
+def test_validate_callback(fl):
+    """validate= runs with the options before any kernel, and its ValueError reaches the caller."""
+    seen = []
+
+    def validate(delta):
+        seen.append(delta)
+        if not delta > 0:
+            raise ValueError("delta must be > 0")
+
+    loss = fl.elementwise_loss(ph_value, ph_deriv, name="ph_validated", params={"delta": 1.0},
+                               validate=validate)
+    np.testing.assert_allclose(loss(np.array([0.0]), np.array([0.0]), delta=2.0), 0.0)
+    with pytest.raises(ValueError, match="delta must be > 0"):
+        loss.grad(np.array([1.0]), np.array([0.0]), delta=-1.0)
+    assert seen == [2.0, -1.0]

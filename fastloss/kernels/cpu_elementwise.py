@@ -50,7 +50,7 @@ KERNEL_JIT = njit(**dict(CPU_KERNEL, cache=CACHE))
 PARALLEL_JIT = njit(**dict(CPU_PARALLEL, cache=CACHE))
 """
 
-# {P} is the comma-terminated list of option names ("delta, " or "").
+# {P} is the comma-terminated list of option arguments ("opt_delta, " or "").
 _BODY = """\
 {scalars}
 
@@ -257,21 +257,24 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     float32 (twice the SIMD width) while sums still accumulate in float64. ``fast`` maps option
     names to values that get loops of their own with the option a constant (``Option.fast``)."""
     static = static or {}
-    fast = {n: v for n, v in (fast or {}).items() if n in param_names and n not in static}
+    # In the generated text an option is opt_<name>: a user's option named like one of the
+    # template's own variables (c, t, acc, scale, np, ...) must not shadow it.
+    local = {n: f"opt_{n}" for n in param_names}
+    fast = {local[n]: v for n, v in (fast or {}).items() if n in param_names and n not in static}
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
                                 replace_math=vmath.cpu_replacements(dtype), typed_floats=True)
-    args = [n for n in param_names if n not in static]
-    p = "".join(f"{n}, " for n in args)
+    args = [local[n] for n in param_names if n not in static]
+    p = "".join(f"{a}, " for a in args)
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is
     # non-negative it drops the negative-index wraparound check, which would stop vectorisation.
-    window = "; ".join(f"{n} = param_window({n}, start, stop)" for n in args) or "pass"
+    window = "; ".join(f"{a} = param_window({a}, start, stop)" for a in args) or "pass"
     flags = f"flags |= {src.names['flags']}(t)" if target_flags is not None else "pass"
     extra = _FLAGS_BODY.format(flagsfn=src.names["flags"]) if target_flags is not None else ""
 
     def option_args(consts, index):
-        """The options as the scalar math receives them: static ones and ``consts`` as
-        constants, the others read at the element ``index`` names ("param_at({}, i)")."""
-        return ", ".join(repr(static[n]) if n in static else consts.get(n) or index.format(n)
+        """The options as the scalar math receives them: static ones and ``consts`` (by local
+        name) as constants, the others read at the element ``index`` names ("param_at({}, i)")."""
+        return ", ".join(repr(static[n]) if n in static else consts.get(local[n]) or index.format(local[n])
                          for n in param_names)
 
     def fill(consts):
@@ -279,13 +282,13 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
                     PJ=option_args(consts, "param_at({}_b, j)"), PI=option_args(consts, "param_at({}, i)"))
 
     def lane_loop(step, consts, grad):
-        windowed = [n for n in args if n not in consts]
+        windowed = [a for a in args if a not in consts]
         return _lane_loop(step.format(**fill(consts)), not src.math_used, windowed, grad)
 
     value_loop = _fast_branches(lambda c: lane_loop(_VALUE_STEP, c, grad=False), fast)
     both_loop = _fast_branches(lambda c: lane_loop(_BOTH_STEP, c, grad=True), fast)
     grad_loop = _fast_branches(lambda c: _GRAD_LOOP.format(**fill(c)), fast)
-    consts = "".join(f"\nFAST_{n}_{k} = FLOAT({v!r})" for n, vs in fast.items() for k, v in enumerate(vs))
+    consts = "".join(f"\nFAST_{a}_{k} = FLOAT({v!r})" for a, vs in fast.items() for k, v in enumerate(vs))
     body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, VALUE_LOOP=value_loop,
                                 BOTH_LOOP=both_loop, GRAD_LOOP=grad_loop)
     header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype)

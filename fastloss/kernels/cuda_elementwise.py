@@ -28,7 +28,7 @@ import textwrap
 
 from . import codegen, cuda_helpers
 
-# {P}: comma-terminated option names; {*_LOOP}: the grid-stride loops (see _loop).
+# {P}: the comma-terminated option arguments (opt_<name>); {*_LOOP}: the grid-stride loops (see _loop).
 _BODY = """\
 {scalars}
 
@@ -120,8 +120,9 @@ _STORE_GRAD = "grad[{ix}] = g{k}\n"
 
 def _option_args(pnames, static, array_params, ix):
     """The options as the scalar math's arguments at element ``ix``: constants, per-element
-    arrays read at ``ix``, or scalars."""
-    return ", ".join(repr(static[n]) if n in static else (f"CT({n}[{ix}])" if n in array_params else f"CT({n})")
+    arrays read at ``ix``, or scalars (kernel arguments named opt_<name>, as on the CPU, so that
+    no option shadows a variable of the template)."""
+    return ", ".join(repr(static[n]) if n in static else (f"CT(opt_{n}[{ix}])" if n in array_params else f"CT(opt_{n})")
                      for n in pnames)
 
 
@@ -209,7 +210,7 @@ def build(name, value, deriv, param_names, target_flags=None, array_params=(), c
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags}, typed_floats=True)
     array_params = set(array_params)
     pnames = list(param_names)
-    p = "".join(f"{n}, " for n in pnames if n not in static)
+    p = "".join(f"opt_{n}, " for n in pnames if n not in static)
     fl = src.names["flags"] if target_flags is not None else None
     v, d = src.names["value"], src.names["deriv"]
     from .. import _config
