@@ -294,6 +294,48 @@ def test_logit_losses_no_overflow(fl, name, dtype, big):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logit_losses_at_infinite_logits(fl, dtype):
+    """x = ±inf: the limits, not 0·inf = NaN. A logit that agrees with its label costs 0 with
+    gradient 0; one that disagrees costs inf with a finite gradient (the slope of the limit)."""
+    x = np.array([np.inf, np.inf, -np.inf, -np.inf], dtype=dtype)
+    t = np.array([1.0, 0.0, 0.0, 1.0], dtype=dtype)
+    v, g = fl.bce_with_logits.value_and_grad(x, t, reduction="none")
+    np.testing.assert_array_equal(v, [0, np.inf, 0, np.inf])
+    np.testing.assert_array_equal(g, [0, 1, 0, -1])
+    v, g = fl.bce_with_logits.value_and_grad(x, t, reduction="none", pos_weight=2.0)
+    np.testing.assert_array_equal(g, [0, 1, 0, -2])
+    # focal (alpha = 0.25, gamma = 2): (1 − p_t)^γ → 1 where the label disagrees, so the
+    # gradient tends to α_t times bce's: 0.75 and −0.25
+    v, g = fl.sigmoid_focal.value_and_grad(x, t, reduction="none")
+    np.testing.assert_array_equal(v, [0, np.inf, 0, np.inf])
+    np.testing.assert_array_equal(g, [0, 0.75, 0, -0.25])
+
+
+@pytest.mark.parametrize("n", [4, 100_003], ids=["serial", "parallel"])
+def test_zero_weight_does_not_hide_nan(fl, n):
+    p = np.ones(n)
+    p[1] = np.nan
+    w = np.ones(n)
+    w[1] = 0.0
+    v, g = fl.mse.value_and_grad(p, np.zeros(n), sample_weight=w)
+    assert np.isnan(v)
+    assert np.isnan(g[1]) and np.all(np.isfinite(np.delete(g, 1)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_outside_unit_interval_is_nan(fl, dtype):
+    """pred outside [0, 1]: the value is NaN (log of a negative), and so is the gradient (it
+    was ±(p − t)·1e12 from the 1e-12 clamp, fed straight to an optimiser)."""
+    p = np.array([1.5, -0.2, 0.5, 0.0, 1.0], dtype=dtype)
+    t = np.array([1.0, 0.0, 1.0, 1.0, 0.0], dtype=dtype)
+    v, g = fl.bce.value_and_grad(p, t, reduction="none")
+    assert np.all(np.isnan(v[:2])) and np.all(np.isnan(g[:2]))
+    # the edges keep PyTorch's clamps: a log of −100, a gradient over max(p (1 − p), 1e-12)
+    np.testing.assert_allclose(v[2:], [np.log(2), 100, 100], rtol=1e-6)
+    np.testing.assert_allclose(g[2:], [-2, -1e12, 1e12], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_logit_losses_confident_predictions_keep_relative_accuracy(fl, dtype):
     """Confident correct predictions give tiny losses (log(1 + e^-40) = 4.2e-18); a stable
     form keeps them to relative accuracy instead of rounding them to 0 (PyTorch's formula

@@ -203,6 +203,7 @@ BAD_OPTIONS = [
     ("cross_entropy", "label_smoothing", -0.1), ("cross_entropy", "label_smoothing", 1.1),
     ("cross_entropy", "label_smoothing", np.nan),
     ("multi_margin", "p", 3), ("multi_margin", "p", 0),
+    ("sigmoid_focal", "alpha", 1.5), ("sigmoid_focal", "alpha", -0.5), ("poisson_nll", "eps", -1e-8),
 ]
 
 
@@ -382,3 +383,42 @@ def test_out_not_accepted_by_call(fl, rng):
     """out= receives the gradient: only .grad and .value_and_grad take it."""
     p, t, _ = _ok("mse", rng)
     raises(TypeError, "out", fl.mse, p, t, out=np.empty_like(p))
+
+
+@pytest.mark.parametrize("name,opt,bad", [("huber", "delta", -1.0), ("quantile", "q", 1.5),
+                                          ("smooth_l1", "beta", -0.5)])
+def test_option_array_out_of_range(fl, name, opt, bad, rng):
+    """An option given per element is checked element by element, like a scalar one."""
+    p, t, _ = _ok(name, rng)
+    arr = np.full(p.shape, 0.5)
+    arr.flat[-1] = bad
+    raises(ValueError, rf"\b{opt}\b", fl.LOSSES[name], p, t, **{opt: arr})
+
+
+@pytest.mark.parametrize("with_out", [False, True], ids=["no_out", "out"])
+def test_hinge_bad_target_past_the_first_chunk(fl, with_out):
+    """Targets are checked in every chunk of a parallel call, and before out= is written."""
+    n = 100_000
+    p = np.linspace(-2, 2, n)
+    t = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    t[90_000] = 0.5
+    out = np.full(n, 7.0) if with_out else None
+    raises(ValueError, "target", fl.hinge.value_and_grad, p, t, **({"out": out} if with_out else {}))
+    if with_out:
+        assert np.all(out == 7.0)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "multi_margin"])
+def test_row_loss_without_classes(fl, name):
+    raises(ValueError, "no classes", fl.LOSSES[name], np.zeros((2, 0)), np.array([0, 0]))
+
+
+def test_kl_div_0d(fl):
+    """A 0-d pred is one element (its own row): weights and the axis rules of a 1-d one."""
+    x, t = -0.5, 0.5
+    expected = t * (np.log(t) - x)
+    np.testing.assert_allclose(fl.kl_div(np.array(x), np.array(t), sample_weight=np.array(2.0)), expected)
+    np.testing.assert_allclose(fl.kl_div(np.array(x), np.array(t), sample_weight=np.array(2.0), reduction="sum"),
+                               2 * expected)
+    raises(ValueError, "axis", fl.kl_div, np.array(x), np.array(t), axis=7)
+    raises(ValueError, "sample_weight", fl.kl_div, np.array(x), np.array(t), sample_weight=np.ones(2))

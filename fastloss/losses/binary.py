@@ -42,16 +42,17 @@ def bce_value(p, t):
 
 
 def bce_deriv(p, t):
-    # PyTorch's gradient: (p − t) / max(p (1 − p), 1e-12).
+    # PyTorch's gradient: (p − t) / max(p (1 − p), 1e-12). Outside [0, 1], where the value is
+    # NaN (log of a negative), p (1 − p) < 0: NaN too, not the ±(p − t)·1e12 the clamp would give.
     den = p * (1.0 - p)
-    den = 1e-12 if den < 1e-12 else den
+    den = den if den >= 1e-12 else (1e-12 if den >= 0.0 else math.nan)
     return (p - t) / den
 
 
 bce = elementwise_loss(bce_value, bce_deriv, name="bce", doc=r"""Binary cross-entropy on probabilities.
 
     l = −[t log p + (1 − t) log(1 − p)]   (each log clamped at −100)
-    dl/dp = (p − t) / max(p (1 − p), 1e-12)
+    dl/dp = (p − t) / max(p (1 − p), 1e-12)   (NaN for p outside [0, 1], like the value)
 
 pred: probabilities in [0, 1]; target: probabilities in [0, 1], same shape. Prefer
 ``bce_with_logits`` on logits: it is exact where p rounds to 0 or 1.

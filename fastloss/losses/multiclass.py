@@ -28,6 +28,8 @@ class _RowLoss(Loss):
     def _as_rows(self, arr, axis, cdt):
         moved = np.moveaxis(arr, axis, -1)
         C = moved.shape[-1]
+        if C == 0:
+            raise ValueError(f"{self.name}: pred has no classes (its class axis {axis} has length 0)")
         return _arrays.contiguous(moved, cdt).reshape(-1, C), moved.shape
 
     def _row_weight(self, w, lead):
@@ -201,14 +203,20 @@ class KLDiv(ElementwiseLoss):
     reductions = ("mean", "sum", "none", "batchmean")
 
     def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
-        if p.ndim:  # the class axis matters only for weights and batchmean, but must be valid
-            _class_axis(self.name, p, opts["axis"])
+        # The class axis matters only for weights and batchmean, but must be valid (a 0-d pred,
+        # one element, takes axis 0 or -1 as a 1-d one would).
+        _class_axis(self.name, p if p.ndim else p.reshape(1), opts["axis"])
         return super()._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
 
     def _weights(self, w, shape, cdt, opts):
         n = int(np.prod(shape))
         if w is None:
             return None, float(n)
+        if not shape:  # a 0-d pred: one element, its own row
+            if w.shape != ():
+                raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected () for a 0-d pred")
+            wr = _arrays.as_real(w, "sample_weight", cdt).reshape(1)
+            return wr, float(wr[0])
         axis = _class_axis(self.name, np.empty(shape, dtype=np.bool_), opts["axis"]) if shape else 0
         lead = tuple(shape[:axis] + shape[axis + 1:])
         if w.shape != lead:
