@@ -159,7 +159,7 @@ def check_out(out, shape, dtype, name="out"):
         raise TypeError(f"{name} has dtype {out_np.dtype}, expected pred's dtype {dtype}")
     if not out_np.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    if any(st == 0 and n > 1 for st, n in zip(out_np.strides, out_np.shape)):
+    if out_np.size > 1 and any(st == 0 and n > 1 for st, n in zip(out_np.strides, out_np.shape)):
         raise ValueError(f"{name} has elements that share memory (a zero stride, e.g. a broadcast or "
                          "expanded view); pass a buffer with one place per element")
     return out_np
