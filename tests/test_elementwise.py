@@ -421,6 +421,22 @@ def test_float32_sum_medium(fl):
     assert_close(g, 2.0 * pred.astype(np.float64) / n, np.float32)
 
 
+@pytest.mark.parametrize("name", ["mse", "mae"])
+def test_float32_data_accumulates_in_float64(fl, name):
+    """A sum that float32 accumulators get visibly wrong: each chunk of 32768 elements starts
+    with 64 large terms (2**26 squared residual for mse, 2**26 for mae) and goes on with ones,
+    which a float32 partial sum of 2**26 or more drops (its ulp is 8). Float64 partials keep
+    every one of them: about 8e-6 of the total, against float32's 6e-8 resolution."""
+    n = 1 << 20
+    big = 8192.0 if name == "mse" else 2.0 ** 26
+    pred = np.ones(n, dtype=np.float32)
+    pred[np.arange(n) % 32768 < 64] = big
+    terms = pred.astype(np.float64) ** (2 if name == "mse" else 1)
+    exact = math.fsum(terms)
+    s = float(fl.LOSSES[name](pred, np.zeros(n, dtype=np.float32), reduction="sum"))
+    assert abs(s - exact) <= 1e-7 * exact, (s, exact)
+
+
 def test_huber_and_smooth_l1_relation(fl, rng):
     """huber(delta) == delta * smooth_l1(beta=delta), checked against the reference too."""
     pred, target, _ = elementwise_data("huber", (50,), np.float64, rng, {"delta": 0.7})
