@@ -898,6 +898,43 @@ def _check_out(out, shape, rdt, cx):
     return o
 
 
+def _extent(b):
+    """[first byte, one past the last byte) of a device buffer (its address range)."""
+    item = b.dtype.itemsize
+    if b.size == 0:
+        return b.ptr, b.ptr
+    if b.strides is None:
+        return b.ptr, b.ptr + b.size * item
+    lo = sum((n - 1) * st for n, st in zip(b.shape, b.strides) if st < 0)
+    hi = sum((n - 1) * st for n, st in zip(b.shape, b.strides) if st > 0)
+    return b.ptr + lo * item, b.ptr + (hi + 1) * item
+
+
+def _unsafe_alias(o, bufs):
+    """Whether the gradient cannot be written straight into ``o`` (a contiguous out=): it shares
+    memory with an input other than as exactly that input (same address, size and dtype, both
+    contiguous: each thread reads its element before writing it), e.g. a shifted view."""
+    if o.size == 0:
+        return False
+    for b in bufs:
+        if b is None or b.size == 0:
+            continue
+        if SIM:
+            if b.nd is None or o.nd is None or not np.shares_memory(o.nd, b.nd):
+                continue
+            exact = (b.strides is None and b.dtype == o.dtype and b.nd.size == o.nd.size
+                     and b.nd.__array_interface__["data"][0] == o.nd.__array_interface__["data"][0])
+        else:
+            ol, oh = _extent(o)
+            bl, bh = _extent(b)
+            if not (bl < oh and ol < bh):
+                continue
+            exact = b.strides is None and b.ptr == o.ptr and b.dtype == o.dtype and b.size == o.size
+        if not exact:
+            return True
+    return False
+
+
 def _bump_version(out, cx):
     """In-place writes into a torch tensor: bump its version counter so autograd notices."""
     if cx.fam is TORCH or _family(out) is TORCH:
@@ -1059,7 +1096,8 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
             o_buf = _check_out(out, shape, rdt, cx)
             # As on the CPU, a loss that checks its targets in the kernel does not write into the
             # caller's buffer before the check has passed: its own buffer, copied on success.
-            direct = o_buf.strides is None and not flags_on
+            direct = (o_buf.strides is None and not flags_on
+                      and not _unsafe_alias(o_buf, [pf, tf, w] + [b for b in params if type(b) is _Buf]))
             grad = o_buf if direct else cx.alloc(shape, rdt)
         else:
             grad = cx.alloc(shape, rdt)
@@ -1223,7 +1261,8 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     if op != VALUE:
         if out is not None:
             o_buf = _check_out(out, shape, rdt, cx)
-        if axis == nd - 1 and (o_buf is None or o_buf.strides is None):
+        if axis == nd - 1 and (o_buf is None or (o_buf.strides is None
+                                                 and not _unsafe_alias(o_buf, (x, t, cw, sw)))):
             gbuf = o_buf if o_buf is not None else cx.alloc(shape, rdt)
             direct = True
         else:

@@ -375,6 +375,28 @@ def test_cross_entropy_confident_rows(fl, dtype):
                 np.testing.assert_allclose(NB.host(g)[0, 0], grad_y, rtol=rtol, atol=atol, err_msg=f"{row} C={C}")
 
 
+def test_out_overlapping_an_input(fl, rng):
+    """out= sharing device memory with an input other than as exactly that input (here a view
+    of pred shifted by one element) goes through a buffer of its own, as on the CPU: written
+    directly, a thread could overwrite an element another thread has yet to read."""
+    n = BIG
+    base = rng.standard_normal(n + 1)
+    t = rng.standard_normal(n)
+    ev, eg = fl.log_cosh.value_and_grad(base[:-1].copy(), t, reduction="sum")
+    d = NB.dev(base)
+    v, g = fl.log_cosh.value_and_grad(d[:-1], NB.dev(t), out=d[1:], reduction="sum")
+    assert_close(NB.host(v), ev, np.float64)
+    assert_close(NB.host(d)[1:], eg, np.float64)
+    R, C = 8, 40
+    xb = rng.standard_normal(R * C + 1)
+    y = rng.integers(0, C, R)
+    ev, eg = fl.cross_entropy.value_and_grad(xb[:-1].copy().reshape(R, C), y)
+    d = NB.dev(xb)
+    v, g = fl.cross_entropy.value_and_grad(d[:-1].reshape(R, C), NB.dev(y), out=d[1:].reshape(R, C))
+    assert_close(NB.host(v), ev, np.float64)
+    assert_close(NB.host(d)[1:].reshape(R, C), eg, np.float64)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_hinge_bad_targets(fl):
     p = NB.dev(np.zeros(100))
