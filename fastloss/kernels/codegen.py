@@ -132,14 +132,28 @@ class _MathCalls(ast.NodeTransformer):
 
 
 class _TypedFloats(ast.NodeTransformer):
-    """Wraps float literals in ``FLOAT(...)``: with FLOAT = np.float32 a float32 kernel computes in
-    float32 (a bare ``2.0`` is a float64 in Numba and would promote the whole expression)."""
+    """Wraps float literals, and math's float constants (``math.nan``, ``math.inf``, ``math.pi``,
+    ...), in ``FLOAT(...)``: with FLOAT = np.float32 a float32 kernel computes in float32 (a bare
+    ``2.0`` or ``math.nan`` is a float64 in Numba and would promote the whole expression)."""
+
+    _MATH_FLOATS = ("nan", "inf", "pi", "e", "tau")
+
+    def __init__(self, math_aliases=()):
+        self.math_aliases = set(math_aliases)
+
+    @staticmethod
+    def _wrap(node):
+        call = ast.Call(func=ast.Name(id="FLOAT", ctx=ast.Load()), args=[node], keywords=[])
+        return ast.copy_location(call, node)
 
     def visit_Constant(self, node):
-        if isinstance(node.value, float):
-            call = ast.Call(func=ast.Name(id="FLOAT", ctx=ast.Load()), args=[node], keywords=[])
-            return ast.copy_location(call, node)
-        return node
+        return self._wrap(node) if isinstance(node.value, float) else node
+
+    def visit_Attribute(self, node):
+        if (isinstance(node.value, ast.Name) and node.value.id in self.math_aliases
+                and node.attr in self._MATH_FLOATS and isinstance(node.ctx, ast.Load)):
+            return self._wrap(node)
+        return self.generic_visit(node)
 
 
 class _Collector:
@@ -209,7 +223,7 @@ class _Collector:
             for rep in calls.used:
                 self.imports.add(f"from {rep.__module__} import {rep.__name__} as _i_{rep.__name__}")
         if self.typed_floats:
-            fdef = ast.fix_missing_locations(_TypedFloats().visit(fdef))
+            fdef = ast.fix_missing_locations(_TypedFloats(math_aliases).visit(fdef))
         self.defs.append(ast.unparse(fdef))
         return gen_name
 
