@@ -356,8 +356,6 @@ class _Call:
             cur = torch.cuda.current_stream(ref.owner.device).cuda_stream
             if cur != self.h:
                 self.record = torch.cuda.ExternalStream(self.h, device=ref.owner.device)
-                if ref.temp:
-                    self._adopt(ref)
         elif stream is not None and self.fam is CUPY and not SIM:
             # CuPy's pool keeps a free list per stream, the one current at allocation: our
             # scratch and results are allocated on our stream (in alloc), so that a block freed
@@ -365,14 +363,19 @@ class _Call:
             cupy = sys.modules["cupy"]
             if cupy.cuda.get_current_stream().ptr != self.h:
                 self.record = cupy.cuda.ExternalStream(self.h)
+        if ref.temp and not SIM:
+            self._adopt(ref)
 
     def _adopt(self, b):
         """``b`` is a tensor fastloss made (a bfloat16 input as float32, a negated view resolved)
-        on torch's current stream, while the kernels go to another: that stream waits for it,
-        and the allocator learns that the stream uses it."""
+        on torch's current stream: if the kernels go to another, that stream waits for it, and
+        the allocator learns that the stream uses it."""
         torch = sys.modules["torch"]
-        ours = self.record if self.fam is TORCH else torch.cuda.ExternalStream(self.h, device=b.owner.device)
-        ours.wait_stream(torch.cuda.current_stream(b.owner.device))
+        cur = torch.cuda.current_stream(b.owner.device)
+        if cur.cuda_stream == self.h:  # made on our stream: ordered already
+            return
+        ours = torch.cuda.ExternalStream(self.h, device=b.owner.device)
+        ours.wait_stream(cur)
         b.owner.record_stream(ours)
 
     def check(self, b, name):
@@ -383,7 +386,7 @@ class _Call:
     def describe(self, x, name):
         b = _describe(x, name)
         self.check(b, name)
-        if b.temp and self.record is not None:
+        if b.temp and not SIM:
             self._adopt(b)
         return b
 
@@ -889,6 +892,12 @@ def _real(b, name):
 
 def _check_out(out, shape, rdt, cx):
     o = cx.describe(out, "out")
+    if o.temp:  # the kernels would write a converted copy, not the caller's tensor
+        raise TypeError("out is a bfloat16 tensor or a negated view, which fastloss cannot write into; "
+                        "pass a tensor of pred's dtype")
+    if o.strides is not None and o.size > 1 and any(st == 0 and n > 1 for st, n in zip(o.strides, o.shape)):
+        raise ValueError("out has elements that share memory (a zero stride, e.g. a broadcast or expanded "
+                         "view); pass a buffer with one place per element")
     if o.shape != tuple(shape):
         raise ValueError(f"out has shape {o.shape}, expected pred's shape {tuple(shape)}")
     if o.dtype != rdt:
@@ -910,12 +919,17 @@ def _extent(b):
     return b.ptr + lo * item, b.ptr + (hi + 1) * item
 
 
-def _unsafe_alias(o, bufs):
+def _unsafe_alias(o, bufs, shared=()):
     """Whether the gradient cannot be written straight into ``o`` (a contiguous out=): it shares
-    memory with an input other than as exactly that input (same address, size and dtype, both
-    contiguous: each thread reads its element before writing it), e.g. a shifted view."""
+    memory with one of ``bufs`` other than as exactly that input (same address, size and dtype,
+    both contiguous: each thread reads its element before writing it), e.g. a shifted view, or
+    with any of ``shared``, inputs whose elements several threads read (class weights, row
+    weights)."""
     if o.size == 0:
         return False
+    for b in shared:
+        if b is not None and b.size and _overlap(o, b):
+            return True
     for b in bufs:
         if b is None or b.size == 0:
             continue
@@ -933,6 +947,14 @@ def _unsafe_alias(o, bufs):
         if not exact:
             return True
     return False
+
+
+def _overlap(o, b):
+    if SIM:
+        return b.nd is not None and o.nd is not None and bool(np.shares_memory(o.nd, b.nd))
+    ol, oh = _extent(o)
+    bl, bh = _extent(b)
+    return bl < oh and ol < bh
 
 
 def _bump_version(out, cx):
@@ -1096,8 +1118,11 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
             o_buf = _check_out(out, shape, rdt, cx)
             # As on the CPU, a loss that checks its targets in the kernel does not write into the
             # caller's buffer before the check has passed: its own buffer, copied on success.
+            # (weights given per row, wdiv > 1, are read by every thread of the row)
             direct = (o_buf.strides is None and not flags_on
-                      and not _unsafe_alias(o_buf, [pf, tf, w] + [b for b in params if type(b) is _Buf]))
+                      and not _unsafe_alias(o_buf, [pf, tf, w if wdiv == 1 else None]
+                                            + [b for b in params if type(b) is _Buf],
+                                            shared=(w if wdiv != 1 else None,)))
             grad = o_buf if direct else cx.alloc(shape, rdt)
         else:
             grad = cx.alloc(shape, rdt)
@@ -1262,7 +1287,7 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
         if out is not None:
             o_buf = _check_out(out, shape, rdt, cx)
         if axis == nd - 1 and (o_buf is None or (o_buf.strides is None
-                                                 and not _unsafe_alias(o_buf, (x, t, cw, sw)))):
+                                                 and not _unsafe_alias(o_buf, (x, t), shared=(cw, sw)))):
             gbuf = o_buf if o_buf is not None else cx.alloc(shape, rdt)
             direct = True
         else:
