@@ -1058,6 +1058,9 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
         raise ValueError(f"{name}: target has shape {t.shape}, expected pred's shape {shape}")
     if loss.validate is not None:
         loss.validate(opts)
+    if "axis" in opts:  # kl_div: its class axis must be valid, weights or not (as on the CPU)
+        from .losses.multiclass import _class_axis
+        _class_axis(name, _Shape(shape or (1,)), opts["axis"])
     n = p.size
     rdt = p.dtype
     ct = "float64" if rdt == _F64 else "float32"

@@ -397,6 +397,15 @@ def test_out_overlapping_an_input(fl, rng):
     assert_close(NB.host(d)[1:].reshape(R, C), eg, np.float64)
 
 
+def test_kl_div_axis_checked_without_weights(fl):
+    """As on the CPU: a kl_div axis out of range is a ValueError with or without weights, for a
+    0-d pred too (it was checked on the GPU only when sample_weight was given)."""
+    for shape in ((3, 4), ()):
+        x, t = NB.dev(np.full(shape, -1.0)), NB.dev(np.full(shape, 0.5))
+        with pytest.raises(ValueError, match="axis"):
+            fl.kl_div(x, t, axis=7)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 def test_hinge_bad_targets(fl):
     p = NB.dev(np.zeros(100))
