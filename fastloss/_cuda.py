@@ -895,7 +895,7 @@ def _check_out(out, shape, rdt, cx):
     if o.temp:  # the kernels would write a converted copy, not the caller's tensor
         raise TypeError("out is a bfloat16 tensor or a negated view, which fastloss cannot write into; "
                         "pass a tensor of pred's dtype")
-    if o.strides is not None and o.size > 1 and any(st == 0 and n > 1 for st, n in zip(o.strides, o.shape)):
+    if o.strides is not None and _arrays.shares_elements(o.shape, o.strides):
         raise ValueError("out has elements that share memory (a zero stride, e.g. a broadcast or expanded "
                          "view); pass a buffer with one place per element")
     if o.shape != tuple(shape):
@@ -927,29 +927,16 @@ def _unsafe_alias(o, bufs, shared=()):
     weights)."""
     if o.size == 0:
         return False
-    for b in shared:
-        if b is not None and b.size and _overlap(o, b):
-            return True
-    for b in bufs:
-        if b is None or b.size == 0:
-            continue
-        if SIM:
-            if b.nd is None or o.nd is None or not np.shares_memory(o.nd, b.nd):
-                continue
-            exact = (b.strides is None and b.dtype == o.dtype and b.nd.size == o.nd.size
-                     and b.nd.__array_interface__["data"][0] == o.nd.__array_interface__["data"][0])
-        else:
-            ol, oh = _extent(o)
-            bl, bh = _extent(b)
-            if not (bl < oh and ol < bh):
-                continue
-            exact = b.strides is None and b.ptr == o.ptr and b.dtype == o.dtype and b.size == o.size
-        if not exact:
-            return True
-    return False
+    if any(b is not None and _overlap(o, b) for b in shared):
+        return True
+    return any(b is not None and _overlap(o, b) and not _same_buffer(o, b) for b in bufs)
 
 
 def _overlap(o, b):
+    """Whether two device buffers share memory (their address ranges meet; the simulator's
+    arrays, whose addresses are all 0, are asked through NumPy)."""
+    if o.size == 0 or b.size == 0:
+        return False
     if SIM:
         return b.nd is not None and o.nd is not None and bool(np.shares_memory(o.nd, b.nd))
     ol, oh = _extent(o)
@@ -957,18 +944,17 @@ def _overlap(o, b):
     return bl < oh and ol < bh
 
 
-def _bump_version(out, cx):
-    """In-place writes into a torch tensor: bump its version counter so autograd notices."""
-    if cx.fam is TORCH or _family(out) is TORCH:
-        torch = sys.modules["torch"]
-        try:
-            torch.autograd.graph.increment_version(out)
-        except Exception:  # pragma: no cover - older torch
-            pass
+def _same_buffer(o, b):
+    """Both contiguous, at the same address, of the same size and dtype."""
+    if b.strides is not None or b.dtype != o.dtype or b.size != o.size:
+        return False
+    if SIM:
+        return b.nd.__array_interface__["data"][0] == o.nd.__array_interface__["data"][0]
+    return b.ptr == o.ptr
 
 
 def _wrap_out(o, out, cx):
-    _bump_version(out, cx)
+    _arrays.bump_version(out)  # an in-place write into a torch tensor: autograd must notice it
     return out
 
 

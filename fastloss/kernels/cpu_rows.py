@@ -163,7 +163,6 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
     total = 0.0
     lanes = np.empty(LANES)
     lanes_w = np.empty(LANES)
-    lanes_s = np.empty(LANES)
     mlanes = np.empty(LANES, dtype=logits.dtype)
     buf = np.empty(BLOCK, dtype=logits.dtype)
     buf_w = np.empty(BLOCK, dtype=logits.dtype)
@@ -186,12 +185,13 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
                 buf_w[j] = wt
             lanes_add(lanes, buf[:rb.size])
             lanes_add(lanes_w, buf_w[:rb.size])
-        if grad is None:
-            s = _sum_exp(row, m, lanes_s, buf)
-        else:
-            s = _sum_exp_into(row, m, lanes_s, grad[r])
+        shifted = lane_sum(lanes)
         wsum = lane_sum(lanes_w)
-        l = wsum * np.log(s) + lane_sum(lanes)
+        if grad is None:
+            s = _sum_exp(row, m, lanes, buf)
+        else:
+            s = _sum_exp_into(row, m, lanes, grad[r])
+        l = wsum * np.log(s) + shifted
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
         total += l
