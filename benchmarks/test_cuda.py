@@ -12,9 +12,8 @@ import functools
 import pytest
 
 from fastloss.bench import gpu
-from fastloss.bench.cases import CASES
 
-from conftest import cached_inputs
+from conftest import cached_inputs, record
 
 
 def _real_gpu():
@@ -26,25 +25,18 @@ def _real_gpu():
 
 pytestmark = pytest.mark.skipif(not _real_gpu(), reason="needs a CUDA GPU (and NUMBA_ENABLE_CUDASIM unset)")
 
-ELEMENTWISE = [n for n, c in CASES.items() if not c.rows]
-ROWS = [n for n, c in CASES.items() if c.rows]
-IMPLS = ["fastloss", "cupy", "torch"]
-
 
 @functools.lru_cache(maxsize=1)
 def _device_inputs(name, shape, dtype):
     return gpu.device_inputs(*cached_inputs(name, shape, dtype))
 
 
-@pytest.fixture(scope="session")
-def copy_ceilings():
-    """Device-copy GB/s per byte count, measured once per session (in the same run)."""
-    return {}
-
-
-def _run(benchmark, copy_ceilings, name, shape, dtype, op, impl):
+@pytest.mark.parametrize("impl", ["fastloss", "cupy", "torch"])
+@pytest.mark.parametrize("op", ["value", "value_and_grad"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_loss(benchmark, ceilings, name, case_shape, dtype, op, impl):
     sync = gpu.cuda_module().synchronize
-    pred, target = _device_inputs(name, shape, dtype)
+    pred, target = _device_inputs(name, case_shape, dtype)
     fns = gpu.calls(name, pred, target, op)
     if impl not in fns:
         pytest.skip(f"{impl} with CUDA is not installed")
@@ -54,34 +46,7 @@ def _run(benchmark, copy_ceilings, name, shape, dtype, op, impl):
         fn()
         sync()
 
-    host_pred, host_target = cached_inputs(name, shape, dtype)
-    key = int(host_pred.nbytes + host_target.nbytes)
-    if key not in copy_ceilings and not benchmark.disabled:
-        copy_ceilings[key] = gpu.copy_ceiling(key)
-    benchmark.group = f"{name} {'x'.join(map(str, shape))} {dtype} {op} cuda"
-    benchmark(call)
-    nbytes = CASES[name].bytes_moved(host_pred, host_target, op)
-    benchmark.extra_info.update(bytes=nbytes, impl=impl, loss=name, op=op, dtype=dtype, backend="cuda")
-    if not benchmark.disabled and benchmark.stats is not None:
-        med = benchmark.stats.stats.median
-        benchmark.extra_info["gbps"] = nbytes / med / 1e9
-        benchmark.extra_info["fraction_of_ceiling"] = nbytes / med / 1e9 / copy_ceilings[key]
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op", ["value", "value_and_grad"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ELEMENTWISE)
-def test_elementwise(benchmark, copy_ceilings, name, dtype, op, impl, case_shape):
-    _run(benchmark, copy_ceilings, name, case_shape, dtype, op, impl)
-
-
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op", ["value", "value_and_grad"])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ROWS)
-def test_rows(benchmark, copy_ceilings, name, dtype, op, impl, case_shape):
-    _run(benchmark, copy_ceilings, name, case_shape, dtype, op, impl)
+    record(benchmark, ceilings, gpu.copy_ceiling, "cuda", name, case_shape, dtype, op, impl, call)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -13,9 +13,8 @@ it, but its times say nothing about a GPU; ``simulated()`` tells callers to say 
 """
 import numpy as np
 
-from .. import LOSSES
 from . import runner
-from .cases import CASES, torch_baselines
+from .cases import CASES
 
 
 def cuda_module():
@@ -94,25 +93,16 @@ def device_inputs(host_pred, host_target):
 
 
 def calls(name, pred, target, op, torch_fns=None):
-    """{implementation: a function making one call} for loss ``name`` on device arrays: fastloss
-    always (writing the gradient into a buffer made once), CuPy and PyTorch CUDA when present."""
+    """``runner.calls`` on device arrays: the gradient into a device buffer made once, CuPy
+    running the NumPy baselines when CuPy is usable, PyTorch CUDA when torch has CUDA."""
     cuda, cp, torch = cuda_module(), cupy_module(), torch_cuda()
-    case, loss = CASES[name], LOSSES[name]
-    opts = dict(case.options)
-    fns = {}
-    if op == "value":
-        fns["fastloss"] = lambda: loss(pred, target, **opts)
-    else:
+    out = None
+    if op != "value":
         out = cp.empty_like(pred) if cp is not None else cuda.device_array(pred.shape, pred.dtype)
-        fns["fastloss"] = lambda: loss.value_and_grad(pred, target, out=out, **opts)
-    if cp is not None:
-        fns["cupy"] = ((lambda: case.numpy_value(pred, target)) if op == "value"
-                       else (lambda: case.numpy_vg(pred, target)))
-    torch_fns = (torch_baselines() if torch is not None else {}) if torch_fns is None else torch_fns
-    if torch is not None and name in torch_fns:
-        fns["torch"] = runner.torch_call(torch_fns[name], torch.as_tensor(pred, device="cuda"),
-                                         torch.as_tensor(target, device="cuda"), op != "value")
-    return fns
+    torch_args = None
+    if torch is not None:
+        torch_args = (torch.as_tensor(pred, device="cuda"), torch.as_tensor(target, device="cuda"))
+    return runner.calls(name, pred, target, op, out, "cupy" if cp is not None else None, torch_args, torch_fns)
 
 
 def copy_ceiling_fns(nbytes):
@@ -141,25 +131,12 @@ def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, torch_fns=
     """Measure one (loss, shape, dtype, op) on the GPU: a dict of times, bytes and ratios (the
     keys of ``runner.bench_case``, with ``cupy_s``/``speedup_cupy`` in place of NumPy's).
 
-    The samples of fastloss, the copies, CuPy and PyTorch are taken in turn, as on the CPU."""
-    case = CASES[name]
-    host_pred, host_target = case.inputs(shape, np.dtype(dtype), rng)
+    The samples of fastloss, CuPy, PyTorch and the copies are taken in turn, as on the CPU."""
+    host_pred, host_target = CASES[name].inputs(shape, np.dtype(dtype), rng)
     pred, target = device_inputs(host_pred, host_target)
     impls = calls(name, pred, target, op, torch_fns)
     copies = copy_ceiling_fns(int(host_pred.nbytes + host_target.nbytes))
     fns = list(impls.values()) + [fn for fn, _ in copies]
     times = runner.median_times(fns, min_time, samples, sync=cuda_module().synchronize)
-    by_impl = dict(zip(impls, times))
-    res = {"loss": name, "op": op, "backend": "cuda", "shape": list(shape), "dtype": str(np.dtype(dtype)),
-           "elements": int(host_pred.size), "fastloss_s": by_impl["fastloss"]}
-    for label in ("cupy", "torch"):
-        if label in by_impl:
-            res[f"{label}_s"] = by_impl[label]
-            res[f"speedup_{label}"] = by_impl[label] / res["fastloss_s"]
     ceil = max(moved / t for (_, moved), t in zip(copies, times[len(impls):])) / 1e9
-    nbytes = case.bytes_moved(host_pred, host_target, op)
-    res["bytes"] = int(nbytes)
-    res["gbps"] = nbytes / res["fastloss_s"] / 1e9
-    res["ceiling_gbps"] = ceil
-    res["fraction_of_ceiling"] = res["gbps"] / ceil
-    return res
+    return runner.result(name, op, "cuda", shape, host_pred, host_target, dict(zip(impls, times)), ceil)

@@ -76,48 +76,70 @@ def torch_call(fn, pred, target, backward):
     return run_bwd
 
 
+def calls(name, pred, target, op, out=None, baseline="numpy", torch_args=None, torch_fns=None):
+    """{implementation: a function making one call} of loss ``name`` on ``pred`` and ``target``
+    (host or device arrays): fastloss (writing the gradient into ``out``), the NumPy-style
+    baseline of fastloss.bench.cases under the name ``baseline`` (NumPy, or CuPy running the same
+    code), and PyTorch on ``torch_args`` (pred and target as tensors) when they are given."""
+    case, loss = CASES[name], LOSSES[name]
+    opts = dict(case.options)
+    if op == "value":
+        fns = {"fastloss": lambda: loss(pred, target, **opts)}
+        base = lambda: case.numpy_value(pred, target)  # noqa: E731
+    else:
+        fns = {"fastloss": lambda: loss.value_and_grad(pred, target, out=out, **opts)}
+        base = lambda: case.numpy_vg(pred, target)  # noqa: E731
+    if baseline:
+        fns[baseline] = base
+    if torch_args is not None:
+        torch_fns = torch_baselines() if torch_fns is None else torch_fns
+        if name in torch_fns:
+            fns["torch"] = torch_call(torch_fns[name], *torch_args, op != "value")
+    return fns
+
+
+def cpu_calls(name, pred, target, op, torch_fns=None):
+    """``calls`` on the CPU: NumPy arrays, a gradient buffer made once, PyTorch when installed."""
+    torch_fns = torch_baselines() if torch_fns is None else torch_fns
+    torch_args = None
+    if name in torch_fns:
+        import torch
+        torch_args = (torch.from_numpy(pred), torch.from_numpy(target))
+    out = np.empty_like(pred) if op != "value" else None
+    return calls(name, pred, target, op, out, "numpy", torch_args, torch_fns)
+
+
+def result(name, op, backend, shape, pred, target, times, ceiling_gbps):
+    """The record of one measured case: seconds per call of each implementation (``times``:
+    {"fastloss": s, "numpy": s, ...}, kept as ``<impl>_s``), speed-ups over the others, bytes a
+    one-pass implementation moves, fastloss's GB/s and its fraction of the ceiling."""
+    fast = times["fastloss"]
+    res = {"loss": name, "op": op, "backend": backend, "shape": list(shape), "dtype": str(pred.dtype),
+           "elements": int(pred.size)}
+    for impl, t in times.items():
+        res[f"{impl}_s"] = t
+        if impl != "fastloss":
+            res[f"speedup_{impl}"] = t / fast
+    nbytes = CASES[name].bytes_moved(pred, target, op)
+    res["bytes"] = int(nbytes)
+    res["gbps"] = nbytes / fast / 1e9
+    res["ceiling_gbps"] = ceiling_gbps
+    res["fraction_of_ceiling"] = res["gbps"] / ceiling_gbps
+    return res
+
+
 def bench_case(name, shape, dtype, op, rng, min_time=0.02, samples=5, torch_fns=None):
     """Measure one (loss, shape, dtype, op) on the CPU: a dict of times, bytes and ratios.
 
-    The ceiling is measured afresh for every case, and the samples of fastloss, the ceiling,
-    NumPy and PyTorch are interleaved: on a shared machine the bandwidth wandered between about
-    40 and 70 GB/s within a sweep, so one ceiling taken at its start, or baselines timed apart,
-    moved the ratios by ±30%."""
-    case = CASES[name]
-    loss = LOSSES[name]
-    pred, target = case.inputs(shape, np.dtype(dtype), rng)
-    opts = dict(case.options)
-    if op == "value":
-        fast = lambda: loss(pred, target, **opts)  # noqa: E731
-        base = lambda: case.numpy_value(pred, target)  # noqa: E731
-    else:
-        out = np.empty_like(pred)
-        fast = lambda: loss.value_and_grad(pred, target, out=out, **opts)  # noqa: E731
-        base = lambda: case.numpy_vg(pred, target)  # noqa: E731
-    res = {"loss": name, "op": op, "backend": "cpu", "shape": list(shape), "dtype": str(np.dtype(dtype)),
-           "elements": int(pred.size)}
-    # The ceiling reads the bytes of pred and target. All samples are taken in turn (fastloss,
-    # ceiling, NumPy, PyTorch, fastloss, ...), so that every ratio compares like with like.
+    The ceiling (a streaming read of the bytes of pred and target) is measured afresh for every
+    case, and the samples of fastloss, NumPy, PyTorch and the ceiling are taken in turn: on a
+    shared machine the bandwidth wandered between about 40 and 70 GB/s within a sweep, so one
+    ceiling taken at its start, or baselines timed apart, moved the ratios by ±30%."""
+    pred, target = CASES[name].inputs(shape, np.dtype(dtype), rng)
+    impls = cpu_calls(name, pred, target, op, torch_fns)
     reader, ceiling_bytes = ceiling_reader(int(pred.nbytes + target.nbytes))
-    fns = [fast, reader, base]
-    torch_fns = torch_baselines() if torch_fns is None else torch_fns
-    if name in torch_fns:
-        import torch
-        fns.append(torch_call(torch_fns[name], torch.from_numpy(pred), torch.from_numpy(target), op != "value"))
-    times = median_times(fns, min_time, samples)
-    res["fastloss_s"], ceil_s, res["numpy_s"] = times[:3]
-    if len(times) > 3:
-        res["torch_s"] = times[3]
-    ceil = ceiling_bytes / ceil_s / 1e9
-    nbytes = case.bytes_moved(pred, target, op)
-    res["bytes"] = int(nbytes)
-    res["gbps"] = nbytes / res["fastloss_s"] / 1e9
-    res["ceiling_gbps"] = ceil
-    res["fraction_of_ceiling"] = res["gbps"] / ceil
-    res["speedup_numpy"] = res["numpy_s"] / res["fastloss_s"]
-    if "torch_s" in res:
-        res["speedup_torch"] = res["torch_s"] / res["fastloss_s"]
-    return res
+    times = median_times(list(impls.values()) + [reader], min_time, samples)
+    return result(name, op, "cpu", shape, pred, target, dict(zip(impls, times)), ceiling_bytes / times[-1] / 1e9)
 
 
 _STARTUP_SCRIPT = r"""
