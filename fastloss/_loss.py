@@ -13,6 +13,21 @@ from . import _arrays, _config
 VALUE, GRAD, BOTH = "value", "grad", "value_and_grad"
 
 
+def float32_variant(f32_fn):
+    """Decorator: kernels that compute in float32 copy ``f32_fn`` in place of the decorated
+    function (same arguments, same meaning); float64 kernels and plain Python use the decorated
+    function itself. For a helper whose float64 form does work float32 cannot see, like a
+    polynomial of degree 12 where float32 needs 5: float32 loops are bound by how many
+    operations they issue, so the shorter form is that much faster. (The code generator,
+    kernels/codegen.py, reads the mark.)"""
+
+    def mark(fn):
+        fn._fastloss_float32 = f32_fn
+        return fn
+
+    return mark
+
+
 class Option:
     """A loss's keyword option: default, validity rule and how it reaches the kernel.
 

@@ -288,3 +288,34 @@ def test_validate_callback(fl):
     with pytest.raises(ValueError, match="delta must be > 0"):
         loss.grad(np.array([1.0]), np.array([0.0]), delta=-1.0)
     assert seen == [2.0, -1.0]
+
+
+def _halved_f32(d):
+    return 0.25 * d  # deliberately not what _halved computes: shows which one a kernel copied
+
+
+def _halved(d):
+    return 0.5 * d
+
+
+def _variant_value(p, t):
+    return _halved(p - t)
+
+
+def _variant_deriv(p, t):
+    return _halved(1.0) + 0.0 * t
+
+
+def test_float32_variant_is_used_by_float32_kernels_only(fl, backend):
+    """fl.float32_variant: float32 kernels (CPU and CUDA) copy the variant of a helper, float64
+    kernels the helper itself; float16 computes in float32 as well."""
+    helper = fl.float32_variant(_halved_f32)(_halved)
+    assert helper is _halved and _halved._fastloss_float32 is _halved_f32
+    loss = fl.elementwise_loss(_variant_value, _variant_deriv, name="variant_probe")
+    p = np.array([1.0, 3.0, -2.0])
+    t = np.zeros(3)
+    for dtype, factor in ((np.float64, 0.5), (np.float32, 0.25), (np.float16, 0.25)):
+        pb, tb = backend.to_backend(p.astype(dtype)), backend.to_backend(t.astype(dtype))
+        v, g = loss.value_and_grad(pb, tb, reduction="none")
+        np.testing.assert_array_equal(backend.to_numpy(v), (factor * p).astype(dtype), err_msg=str(dtype))
+        np.testing.assert_array_equal(backend.to_numpy(g), np.full(3, factor, dtype), err_msg=str(dtype))

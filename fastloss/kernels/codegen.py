@@ -159,8 +159,9 @@ class _TypedFloats(ast.NodeTransformer):
 class _Collector:
     """Copies functions and what they use into one module text, renaming functions uniquely."""
 
-    def __init__(self, prefix, replace_math=None, typed_floats=False):
+    def __init__(self, prefix, replace_math=None, typed_floats=False, dtype=None):
         self.replace_math = replace_math or {}
+        self.float32 = dtype == "float32"
         self.typed_floats = typed_floats
         self.prefix = prefix
         self.defs = []  # source texts
@@ -175,6 +176,8 @@ class _Collector:
             return self.names[id(fn)]
         gen_name = f"{self.prefix}{len(self.names)}_{fn.__name__}"
         self.names[id(fn)] = gen_name
+        if self.float32 and getattr(fn, "_fastloss_float32", None) is not None:
+            fn = _plain_function(fn._fastloss_float32)  # copied under the decorated one's name
         try:
             src = textwrap.dedent(inspect.getsource(fn))
         except (OSError, TypeError) as exc:
@@ -228,7 +231,7 @@ class _Collector:
         return gen_name
 
 
-def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False):
+def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False, dtype=None):
     """Source text defining each function of ``functions`` (role -> function) and its helpers.
 
     Each function is preceded by the decorator placeholder ``@SCALAR_JIT``; the template decides
@@ -236,9 +239,10 @@ def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False)
     ``replace_math`` maps names of ``math`` functions to jit functions to call instead (the CPU
     uses vectorisable exp and log, see vmath.py; the GPU keeps ``math``, which is fast there).
     ``typed_floats``: float literals and float constants are wrapped in ``FLOAT(...)``, which the
-    template defines as the compute dtype.
+    template defines as the compute dtype. ``dtype``: that compute dtype's name; "float32" copies
+    the float32 variants of functions that have one (``float32_variant``).
     """
-    col = _Collector(prefix, replace_math, typed_floats)
+    col = _Collector(prefix, replace_math, typed_floats, dtype)
     try:
         names = {role: col.add(fn) for role, fn in functions.items() if fn is not None}
     except _NoSource:

@@ -262,7 +262,7 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     local = {n: f"opt_{n}" for n in param_names}
     fast = {local[n]: v for n, v in (fast or {}).items() if n in param_names and n not in static}
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
-                                replace_math=vmath.cpu_replacements(dtype), typed_floats=True)
+                                replace_math=vmath.cpu_replacements(dtype), typed_floats=True, dtype=dtype)
     args = [local[n] for n in param_names if n not in static]
     p = "".join(f"{a}, " for a in args)
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is

@@ -207,7 +207,8 @@ def build(name, value, deriv, param_names, target_flags=None, array_params=(), c
     float32, sums in float64); ``static``: boolean options written into the text as constants.
     """
     static = dict(static or {})
-    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags}, typed_floats=True)
+    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags}, typed_floats=True,
+                                dtype=ct)
     array_params = set(array_params)
     pnames = list(param_names)
     p = "".join(f"opt_{n}, " for n in pnames if n not in static)

