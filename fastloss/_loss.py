@@ -19,7 +19,7 @@ def float32_variant(f32_fn):
     function itself. For a helper whose float64 form does work float32 cannot see, like a
     polynomial of degree 12 where float32 needs 5: float32 loops are bound by how many
     operations they issue, so the shorter form is that much faster. (The code generator,
-    kernels/codegen.py, reads the mark.)"""
+    kernels/codegen.py, reads the mark when it copies the helper's source.)"""
 
     def mark(fn):
         fn._fastloss_float32 = f32_fn
