@@ -14,6 +14,7 @@
 import contextlib
 import os
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -89,6 +90,15 @@ def tol():
 # --------------------------------------------------------------------------------------------
 # rng
 # --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _simulator_shared_arrays_locked():
+    """Every test that runs the CUDA simulator gets _lock_simulator_shared_arrays (test files
+    import numba.cuda themselves, not only through numba_cuda() or cuda_launches())."""
+    if cuda_sim():
+        _lock_simulator_shared_arrays()
+    yield
 
 
 @pytest.fixture
@@ -258,12 +268,50 @@ SIM_LAUNCH = {"CUDA_BLOCK": 32, "CUDA_MAX_BLOCKS": 3, "CUDA_ITEMS_PER_THREAD": 4
               "CUDA_ROW_BLOCK_MIN_C": 64, "CUDA_ROW_BLOCK": 32, "CUDA_ROW_MAX_BLOCKS": 3}
 
 
+_shared_lock = threading.Lock()
+
+
+def _lock_simulator_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` safe between the threads of a block.
+
+    numba-cuda's simulator (simulator/kernelapi.py, FakeCUDAShared.array) gives a block one array
+    per source line: it looks the line up, and the first thread to miss creates the array, with
+    no lock. Two threads that miss together each create one and then write where the others never
+    read. Seen once in CI: a block sum of class weights (wsum_kernel) that lost exactly threads 2
+    and 3's values, so cross_entropy's smoothing term came out 3-8% low. The same lookup, under
+    a lock; the key is the caller's file and line, as there. (A GPU has no such problem.)"""
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "_fastloss_locked", False):
+        return
+    original = shared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:
+            return original(self, shape, dtype, alignment)  # an error, or dynamic shared memory
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with _shared_lock:
+            res = self._allocations.get(key)
+            if res is None:
+                dt = numpy_support.as_dtype(dtype) if isinstance(dtype, types.Type) else dtype
+                res = self._allocations[key] = np.empty(shape, dt)
+        return res
+
+    array._fastloss_locked = True
+    shared.array = array
+
+
 @contextlib.contextmanager
 def cuda_launches():
     """Small launches (and a short GIL switch interval) under the simulator; nothing on a GPU."""
     if not cuda_sim():
         yield
         return
+    _lock_simulator_shared_arrays()
     from fastloss import _config
     saved = {k: getattr(_config, k) for k in SIM_LAUNCH if hasattr(_config, k)}
     interval = sys.getswitchinterval()
@@ -290,6 +338,8 @@ def numba_cuda():
         ok = False
     if not ok:
         pytest.skip("no CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 to run the CUDA tests on the simulator)")
+    if cuda_sim():
+        _lock_simulator_shared_arrays()
     return cuda
 
 
