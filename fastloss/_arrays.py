@@ -159,16 +159,17 @@ def check_out(out, shape, dtype, name="out"):
         raise TypeError(f"{name} has dtype {out_np.dtype}, expected pred's dtype {dtype}")
     if not out_np.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    if not out_np.flags.c_contiguous and shares_elements(out_np.shape, out_np.strides):
-        raise ValueError(f"{name} has elements that share memory (a zero stride, e.g. a broadcast or "
-                         "expanded view); pass a buffer with one place per element")
+    if not out_np.flags.c_contiguous:
+        check_one_place_per_element(out_np.shape, out_np.strides, name)
     return out_np
 
 
-def shares_elements(shape, strides):
-    """Whether an array of this shape and these strides has elements at one address (a zero
-    stride along an axis of more than one element: a broadcast or expanded view)."""
-    return any(st == 0 and n > 1 for st, n in zip(strides, shape))
+def check_one_place_per_element(shape, strides, name="out"):
+    """A gradient buffer must not have elements at one address (a zero stride along an axis of
+    more than one element: a broadcast or expanded view): ValueError. CPU and CUDA ``out=``."""
+    if any(st == 0 and n > 1 for st, n in zip(strides, shape)):
+        raise ValueError(f"{name} has elements that share memory (a zero stride, e.g. a broadcast or "
+                         "expanded view); pass a buffer with one place per element")
 
 
 def reads_overlap(out_np, pred, others):

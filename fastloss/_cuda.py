@@ -895,9 +895,8 @@ def _check_out(out, shape, rdt, cx):
     if o.temp:  # the kernels would write a converted copy, not the caller's tensor
         raise TypeError("out is a bfloat16 tensor or a negated view, which fastloss cannot write into; "
                         "pass a tensor of pred's dtype")
-    if o.strides is not None and _arrays.shares_elements(o.shape, o.strides):
-        raise ValueError("out has elements that share memory (a zero stride, e.g. a broadcast or expanded "
-                         "view); pass a buffer with one place per element")
+    if o.strides is not None:
+        _arrays.check_one_place_per_element(o.shape, o.strides)
     if o.shape != tuple(shape):
         raise ValueError(f"out has shape {o.shape}, expected pred's shape {tuple(shape)}")
     if o.dtype != rdt:

@@ -94,8 +94,8 @@ def tol():
 
 @pytest.fixture(autouse=True, scope="session")
 def _simulator_shared_arrays_locked():
-    """Every test that runs the CUDA simulator gets _lock_simulator_shared_arrays (test files
-    import numba.cuda themselves, not only through numba_cuda() or cuda_launches())."""
+    """Under the CUDA simulator, _lock_simulator_shared_arrays before the first test runs (the
+    one place it is installed: test files use numba.cuda in many ways, all inside tests)."""
     if cuda_sim():
         _lock_simulator_shared_arrays()
     yield
@@ -311,7 +311,6 @@ def cuda_launches():
     if not cuda_sim():
         yield
         return
-    _lock_simulator_shared_arrays()
     from fastloss import _config
     saved = {k: getattr(_config, k) for k in SIM_LAUNCH if hasattr(_config, k)}
     interval = sys.getswitchinterval()
@@ -338,8 +337,6 @@ def numba_cuda():
         ok = False
     if not ok:
         pytest.skip("no CUDA GPU (set NUMBA_ENABLE_CUDASIM=1 to run the CUDA tests on the simulator)")
-    if cuda_sim():
-        _lock_simulator_shared_arrays()
     return cuda
 
 

@@ -7,6 +7,7 @@ import pytest
 from _cases import sample_weight
 from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches
 from conftest import assert_close
+from fastloss import float32_variant
 
 
 def ph_value(pred, target, delta):
@@ -298,6 +299,9 @@ def _halved(d):
     return 0.5 * d
 
 
+_halved_marked = float32_variant(_halved_f32)(_halved)  # what the decorator returns
+
+
 def _variant_value(p, t):
     return _halved(p - t)
 
@@ -309,8 +313,7 @@ def _variant_deriv(p, t):
 def test_float32_variant_is_used_by_float32_kernels_only(fl, backend):
     """fl.float32_variant: float32 kernels (CPU and CUDA) copy the variant of a helper, float64
     kernels the helper itself; float16 computes in float32 as well."""
-    helper = fl.float32_variant(_halved_f32)(_halved)
-    assert helper is _halved and _halved._fastloss_float32 is _halved_f32
+    assert _halved_marked is _halved and _halved._fastloss_float32 is _halved_f32
     loss = fl.elementwise_loss(_variant_value, _variant_deriv, name="variant_probe")
     p = np.array([1.0, 3.0, -2.0])
     t = np.zeros(3)

@@ -20,11 +20,11 @@ injected, and is simply not cached on disk.
 import ast
 import builtins
 import hashlib
-import re
 import importlib.util
 import inspect
 import math
 import os
+import re
 import sys
 import tempfile
 import textwrap
@@ -61,6 +61,12 @@ class ScalarSource:
 
 class _NoSource(Exception):
     pass
+
+
+def option_arg(name):
+    """A loss option's name in generated kernel text: ``opt_<name>``, so that a user's option
+    named like a variable of a template (c, t, acc, scale, np, ...) cannot shadow it."""
+    return f"opt_{name}"
 
 
 def _plain_function(fn):

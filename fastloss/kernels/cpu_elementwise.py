@@ -257,9 +257,7 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     float32 (twice the SIMD width) while sums still accumulate in float64. ``fast`` maps option
     names to values that get loops of their own with the option a constant (``Option.fast``)."""
     static = static or {}
-    # In the generated text an option is opt_<name>: a user's option named like one of the
-    # template's own variables (c, t, acc, scale, np, ...) must not shadow it.
-    local = {n: f"opt_{n}" for n in param_names}
+    local = {n: codegen.option_arg(n) for n in param_names}
     fast = {local[n]: v for n, v in (fast or {}).items() if n in param_names and n not in static}
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
                                 replace_math=vmath.cpu_replacements(dtype), typed_floats=True, dtype=dtype)

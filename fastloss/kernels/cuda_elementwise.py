@@ -120,9 +120,9 @@ _STORE_GRAD = "grad[{ix}] = g{k}\n"
 
 def _option_args(pnames, static, array_params, ix):
     """The options as the scalar math's arguments at element ``ix``: constants, per-element
-    arrays read at ``ix``, or scalars (kernel arguments named opt_<name>, as on the CPU, so that
-    no option shadows a variable of the template)."""
-    return ", ".join(repr(static[n]) if n in static else (f"CT(opt_{n}[{ix}])" if n in array_params else f"CT(opt_{n})")
+    arrays read at ``ix``, or scalars (kernel arguments named by ``codegen.option_arg``)."""
+    arg = codegen.option_arg
+    return ", ".join(repr(static[n]) if n in static else (f"CT({arg(n)}[{ix}])" if n in array_params else f"CT({arg(n)})")
                      for n in pnames)
 
 
@@ -211,7 +211,7 @@ def build(name, value, deriv, param_names, target_flags=None, array_params=(), c
                                 dtype=ct)
     array_params = set(array_params)
     pnames = list(param_names)
-    p = "".join(f"opt_{n}, " for n in pnames if n not in static)
+    p = "".join(f"{codegen.option_arg(n)}, " for n in pnames if n not in static)
     fl = src.names["flags"] if target_flags is not None else None
     v, d = src.names["value"], src.names["deriv"]
     from .. import _config

@@ -217,7 +217,7 @@ class KLDiv(ElementwiseLoss):
                 raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected () for a 0-d pred")
             wr = _arrays.as_real(w, "sample_weight", cdt).reshape(1)
             return wr, float(wr[0])
-        axis = _class_axis(self.name, np.empty(shape, dtype=np.bool_), opts["axis"]) if shape else 0
+        axis = _class_axis(self.name, np.empty(shape, dtype=np.bool_), opts["axis"])
         lead = tuple(shape[:axis] + shape[axis + 1:])
         if w.shape != lead:
             raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected pred's leading shape {lead} "

@@ -143,8 +143,9 @@ def _tanh_series_f32(z):
     return s * z + 0.9999999995770514
 
 
-# Float32 kernels copy the shorter polynomials above: they bound the float32 loop's work (the
-# value loop is 1.3 times faster with them, value_and_grad 1.35 times).
+# Float32 kernels copy the shorter polynomials above: they bound the float32 loop's work (one
+# core in cache, the value loop is 1.33 times faster with them, value_and_grad 1.35 times; at
+# 2**24 on 2 cores 1.2 times both).
 @float32_variant(_log_cosh_series_f32)
 def _log_cosh_series(z):
     """log cosh √z / z for 0 ≤ z ≤ 0.75² (relative error < 1e-17; see _fit_log_cosh_series)."""
