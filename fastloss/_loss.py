@@ -28,6 +28,22 @@ def float32_variant(f32_fn):
     return mark
 
 
+def binary_target_variant(fn01):
+    """Decorator for a loss's value or derivative function: CPU kernels call ``fn01`` (same
+    arguments) instead on every block of elements whose targets are all exactly 0 or 1, and the
+    decorated function elsewhere. ``fn01`` must return the same number as the decorated function,
+    bit for bit, for such targets (and any prediction, NaN and out-of-range ones included), so a
+    result never depends on the targets of its neighbours; it exists to be cheaper, as a binary
+    cross-entropy needs one logarithm where a soft target needs two. CUDA kernels, bound by
+    memory rather than arithmetic, use the decorated function everywhere."""
+
+    def mark(fn):
+        fn._fastloss_binary = fn01
+        return fn
+
+    return mark
+
+
 class Option:
     """A loss's keyword option: default, validity rule and how it reaches the kernel.
 

@@ -662,3 +662,51 @@ def test_torch_noncontiguous_and_int_pred(fl, torch, rng):
     assert_close(g.numpy(), eg, np.float64)
     with pytest.raises(TypeError, match="pred"):
         fl.mse(torch.arange(4), torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_binary_target_blocks_give_the_same_numbers(fl, dtype, rng):
+    """bce's 0/1-target form (one logarithm; fl.binary_target_variant) must return exactly what
+    the general formula does, edges and invalid predictions included, so that an element's loss
+    never depends on whether its neighbours' targets are 0/1: the same elements are computed in a
+    block of 0/1 targets and in a block with one soft target, and compared bit for bit."""
+    from fastloss._config import BLOCK
+    info = np.finfo(dtype)
+    edges = np.array([0.0, -0.0, 1.0, info.tiny, info.smallest_subnormal, info.eps, 1 - info.epsneg,
+                      0.5, 0.5 - info.epsneg, 1e-30, 3e-8, -0.2, 1.5, np.inf, -np.inf, np.nan], dtype)
+    p = np.concatenate([edges, 10 ** rng.uniform(-40, 0, BLOCK - edges.size)]).astype(dtype)
+    p[edges.size::2] = 1 - p[edges.size::2]  # near 1 as well as near 0
+    for t in (np.zeros(BLOCK, dtype), np.ones(BLOCK, dtype), rng.integers(0, 2, BLOCK).astype(dtype)):
+        mixed = t.copy()
+        mixed[-1] = 0.25  # this block takes the general formula
+        pp, tt = np.concatenate([p, p]), np.concatenate([t, mixed])
+        v, g = fl.bce.value_and_grad(pp, tt, reduction="none")
+        _assert_same_bits(v[:BLOCK - 1], v[BLOCK:-1])
+        _assert_same_bits(g[:BLOCK - 1], g[BLOCK:-1])
+        _assert_same_bits(fl.bce(pp, tt, reduction="none"), v)
+        assert np.isnan(v[:BLOCK][(p < 0) | (p > 1) | np.isnan(p)]).all()
+
+
+def _assert_same_bits(a, b):
+    """Equal bit for bit (the sign of zero included), NaN where NaN (a NaN's sign means nothing)."""
+    nan = np.isnan(a)
+    np.testing.assert_array_equal(nan, np.isnan(b))
+    np.testing.assert_array_equal(a[~nan].view(np.uint8), b[~nan].view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_value_within_two_ulp(fl, dtype, rng):
+    """bce's logarithms, log p and log(1 − p) (the latter as log u + e/u, see binary.py: log1m),
+    within 2 ulp of the exact value over (0, 1) on a log scale near both ends, for 0/1 targets."""
+    n = 1 << 16
+    p = np.concatenate([10 ** rng.uniform(-44 if dtype == np.float32 else -300, 0, n),
+                        rng.uniform(0, 1, n)]).astype(dtype)
+    p[::3] = 1 - p[::3]
+    p = p[(p > 0) & (p < 1)]
+    pl = p.astype(np.longdouble)  # x87 extended where available; float64 is enough for float32
+    for tv, exact in ((1.0, -np.log(pl)), (0.0, -np.log1p(-pl))):
+        v = fl.bce(p, np.full(p.shape, tv, dtype), reduction="none")
+        keep = exact < 100  # beyond 100 the logs are clamped
+        ulp = np.spacing(exact[keep].astype(dtype)).astype(np.longdouble)
+        err = np.abs(v[keep].astype(np.longdouble) - exact[keep]) / ulp
+        assert err.max() <= 2.0, (tv, float(err.max()), p[keep][np.argmax(err)])

@@ -6,8 +6,8 @@ import pytest
 
 from _cases import sample_weight
 from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches
-from conftest import assert_close
-from fastloss import float32_variant
+from conftest import GPU_BACKENDS, assert_close
+from fastloss import binary_target_variant, float32_variant
 
 
 def ph_value(pred, target, delta):
@@ -322,3 +322,52 @@ def test_float32_variant_is_used_by_float32_kernels_only(fl, backend):
         v, g = loss.value_and_grad(pb, tb, reduction="none")
         np.testing.assert_array_equal(backend.to_numpy(v), (factor * p).astype(dtype), err_msg=str(dtype))
         np.testing.assert_array_equal(backend.to_numpy(g), np.full(3, factor, dtype), err_msg=str(dtype))
+
+
+def _binary_probe01(p, t):
+    return 2.0 * p + t  # deliberately not what _binary_probe computes: shows which one ran
+
+
+@binary_target_variant(_binary_probe01)
+def _binary_probe(p, t):
+    return p + t
+
+
+def _binary_probe_deriv01(p, t):
+    return 3.0 + 0.0 * (p + t)
+
+
+@binary_target_variant(_binary_probe_deriv01)
+def _binary_probe_deriv(p, t):
+    return 1.0 + 0.0 * (p + t)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_binary_target_variant_runs_on_blocks_of_binary_targets(fl, backend, dtype, rng):
+    """fl.binary_target_variant: CPU kernels call the variant on each block (of BLOCK elements,
+    counted from the start) whose targets are all 0 or 1, the function itself on the others, in
+    value, grad and value_and_grad alike, serial (one chunk) and parallel (several); CUDA kernels
+    call the function itself everywhere."""
+    from fastloss._config import BLOCK, CHUNK
+    loss = fl.elementwise_loss(_binary_probe, _binary_probe_deriv, name="binary_probe")
+    on_gpu = backend.name in GPU_BACKENDS
+    for n in ((40,) if on_gpu else (3 * BLOCK + 5, CHUNK + 2 * BLOCK + 7)):
+        p = rng.standard_normal(n).astype(dtype)
+        t = rng.integers(0, 2, n).astype(dtype)
+        soft = [BLOCK + 17] if n > BLOCK else []  # one soft target: block 1 takes the general path
+        t[soft] = 0.5
+        general = np.full(n, on_gpu)
+        if soft:
+            b0 = soft[0] - soft[0] % BLOCK
+            general[b0:b0 + BLOCK] = True
+        ev = np.where(general, p + t, 2 * p + t).astype(dtype)
+        eg = np.where(general, 1.0, 3.0).astype(dtype)
+        w = rng.uniform(0.5, 2.0, n).astype(dtype)
+        pb, tb, wb = backend.to_backend(p), backend.to_backend(t), backend.to_backend(w)
+        v, g = loss.value_and_grad(pb, tb, reduction="none")
+        np.testing.assert_array_equal(backend.to_numpy(v), ev)
+        np.testing.assert_array_equal(backend.to_numpy(g), eg)
+        np.testing.assert_array_equal(backend.to_numpy(loss.grad(pb, tb, reduction="sum")), eg)
+        np.testing.assert_array_equal(backend.to_numpy(loss.grad(pb, tb, sample_weight=wb, reduction="sum")), eg * w)
+        total = float(backend.to_numpy(loss(pb, tb, reduction="sum", sample_weight=wb)))
+        assert total == pytest.approx(float(np.sum(ev.astype(np.float64) * w)), rel=1e-6)

@@ -25,6 +25,12 @@ Views are indexed from 0 (``pred[start:stop]``, groups ``[b0:b0 + BLOCK]``) beca
 its negative-index check only for indices it can prove non-negative, and that check in a loop
 stops vectorisation.
 
+A loss's value or derivative may have a binary-target variant (``binary_target_variant``: the
+same numbers for targets 0 and 1, with less work, as bce's one logarithm instead of two). Loops
+that use one run block by block (buffered, even for arithmetic-only math), and a block whose
+targets are all 0 or 1 (a vectorised count, a few per cent of such a loop's time) runs a copy of
+the loop that calls the variants.
+
 Options (``delta``, ``q``, ...) are passed as arguments, scalars or per-element arrays
 (``param_at`` reads either), so one compiled kernel serves every option value. A loss may name
 values of an option that make its math much cheaper (``Option.fast``, e.g. the focal loss's
@@ -40,7 +46,7 @@ import math
 import numpy as np
 from numba import njit, prange
 from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES, BLOCK
-from fastloss.kernels.cpu_helpers import lane_sum, lanes_add, param_at, param_is, param_window
+from fastloss.kernels.cpu_helpers import all_binary, lane_sum, lanes_add, param_at, param_is, param_window
 {imports}
 
 CACHE = True
@@ -130,6 +136,15 @@ for i in range(pred.size):
     grad[i] = g
     {FLAGS}"""
 
+# The same map block by block, for a derivative with a binary-target variant ({deriv} is either).
+_GRAD_STEP = """\
+t = tb[j]
+g = {deriv}(pb[j], t, {PJ}) * scale
+if weight is not None:
+    g = g * wb[j]
+gb[j] = g
+{FLAGS}"""
+
 # The per-element work of value_chunk and both_chunk: l (and g) for element j of the group views
 # pb, tb, (gb, wb, vb).
 _VALUE_STEP = """\
@@ -172,10 +187,30 @@ _BUFFERED = """\
 buf = np.empty(BLOCK, dtype=pred.dtype)
 for b0 in range(0, pred.size, BLOCK):
 {VIEWS}
-    for j in range(pb.size):
-{STEP}
-        buf[j] = l
+{MAPS}
     lanes_add(acc, buf[:pb.size])"""
+
+_BUFFER_MAP = """\
+for j in range(pb.size):
+{STEP}
+    buf[j] = l"""
+
+# grad_chunk's loop, block by block (only for a derivative with a binary-target variant).
+_BLOCKS = """\
+for b0 in range(0, pred.size, BLOCK):
+{VIEWS}
+{MAPS}"""
+
+_GRAD_MAP = """\
+for j in range(pb.size):
+{STEP}"""
+
+# A block's maps where the loss has binary-target variants: the targets decide which runs.
+_PICK_MAP = """\
+if all_binary(tb):
+{MAP01}
+else:
+{MAP}"""
 
 # Direct (arithmetic-only losses): groups of LANES elements added straight into the lanes, a
 # loop of constant trip count that LLVM vectorises with the lanes in registers; the buffer's
@@ -215,15 +250,40 @@ def _fast_branches(loop, fast):
     return text + "    else:\n" + textwrap.indent(general, "    ")
 
 
-def _lane_loop(step, direct, windowed, grad):
-    """The accumulating loop of a chunk kernel; ``windowed``: the options it reads per element."""
-    size = "LANES" if direct else "BLOCK"
+def _block_views(size, windowed, grad, vals=True):
+    """Views of a block's (or group's) elements; ``vals``: the kernel has a ``vals`` argument
+    (grad_chunk has not)."""
     gwindow = "; ".join(f"{n}_b = param_window({n}, b0, b0 + {size})" for n in windowed) or "pass"
     streams = (("pb", "pred"), ("tb", "target")) + ((("gb", "grad"),) if grad else ())
     streams = f"{', '.join(v for v, _ in streams)} = {', '.join(f'{a}[b0:b0 + {size}]' for _, a in streams)}"
     views = _VIEWS.format(G=size, GWINDOW=gwindow, STREAMS=streams)
-    return (_DIRECT if direct else _BUFFERED).format(VIEWS=textwrap.indent(views, "    "),
-                                                     STEP=textwrap.indent(step, "        "))
+    if not vals:
+        views = views[:views.index("\nif vals is not None:")]
+    return textwrap.indent(views, "    ")
+
+
+def _maps(template, step, step01):
+    """A block's map loop over ``step``; with a binary-target step as well, both behind the
+    test of the block's targets."""
+    loop = template.format(STEP=textwrap.indent(step, "    "))
+    if step01 is not None:
+        loop01 = template.format(STEP=textwrap.indent(step01, "    "))
+        loop = _PICK_MAP.format(MAP01=textwrap.indent(loop01, "    "), MAP=textwrap.indent(loop, "    "))
+    return textwrap.indent(loop, "    ")
+
+
+def _lane_loop(step, step01, direct, windowed, grad):
+    """The accumulating loop of a chunk kernel; ``windowed``: the options it reads per element;
+    ``step01``: the step with the binary-target variants (None: the loss has none)."""
+    if direct and step01 is None:
+        return _DIRECT.format(VIEWS=_block_views("LANES", windowed, grad), STEP=textwrap.indent(step, "        "))
+    return _BUFFERED.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=_maps(_BUFFER_MAP, step, step01))
+
+
+def _grad_blocks(step, step01, windowed):
+    """grad_chunk's loop block by block, for a derivative with a binary-target variant."""
+    return _BLOCKS.format(VIEWS=_block_views("BLOCK", windowed, True, vals=False),
+                          MAPS=_maps(_GRAD_MAP, step, step01))
 
 
 # Only for losses with target flags: the check alone, for a caller's out= buffer, which must
@@ -259,8 +319,12 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     static = static or {}
     local = {n: codegen.option_arg(n) for n in param_names}
     fast = {local[n]: v for n, v in (fast or {}).items() if n in param_names and n not in static}
-    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags},
+    value01 = getattr(value, "_fastloss_binary", None)
+    deriv01 = getattr(deriv, "_fastloss_binary", None)
+    src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags,
+                                 "value01": value01, "deriv01": deriv01},
                                 replace_math=vmath.cpu_replacements(dtype), typed_floats=True, dtype=dtype)
+    binary = value01 is not None or deriv01 is not None
     args = [local[n] for n in param_names if n not in static]
     p = "".join(f"{a}, " for a in args)
     # Each chunk works on views [start:stop] indexed from 0: with an index Numba can prove is
@@ -275,17 +339,28 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
         return ", ".join(repr(static[n]) if n in static else consts.get(local[n]) or index.format(local[n])
                          for n in param_names)
 
-    def fill(consts):
-        return dict(value=src.names["value"], deriv=src.names["deriv"], FLAGS=flags,
-                    PJ=option_args(consts, "param_at({}_b, j)"), PI=option_args(consts, "param_at({}, i)"))
+    def fill(consts, variants=False):
+        names = src.names
+        return dict(value=names.get("value01", names["value"]) if variants else names["value"],
+                    deriv=names.get("deriv01", names["deriv"]) if variants else names["deriv"],
+                    FLAGS=flags, PJ=option_args(consts, "param_at({}_b, j)"), PI=option_args(consts, "param_at({}, i)"))
+
+    def steps(step, consts):
+        """``step`` for the general math, and for the binary-target variants (or None)."""
+        return step.format(**fill(consts)), step.format(**fill(consts, True)) if binary else None
 
     def lane_loop(step, consts, grad):
         windowed = [a for a in args if a not in consts]
-        return _lane_loop(step.format(**fill(consts)), not src.math_used, windowed, grad)
+        return _lane_loop(*steps(step, consts), not src.math_used, windowed, grad)
+
+    def grad_loop(consts):
+        if deriv01 is None:
+            return _GRAD_LOOP.format(**fill(consts))
+        return _grad_blocks(*steps(_GRAD_STEP, consts), [a for a in args if a not in consts])
 
     value_loop = _fast_branches(lambda c: lane_loop(_VALUE_STEP, c, grad=False), fast)
     both_loop = _fast_branches(lambda c: lane_loop(_BOTH_STEP, c, grad=True), fast)
-    grad_loop = _fast_branches(lambda c: _GRAD_LOOP.format(**fill(c)), fast)
+    grad_loop = _fast_branches(grad_loop, fast)
     consts = "".join(f"\nFAST_{a}_{k} = FLOAT({v!r})" for a, vs in fast.items() for k, v in enumerate(vs))
     body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, VALUE_LOOP=value_loop,
                                 BOTH_LOOP=both_loop, GRAD_LOOP=grad_loop)

@@ -42,6 +42,17 @@ def _param_is(value, const):
 
 
 @njit(**CPU_SCALAR)
+def all_binary(t):
+    """Whether every value of ``t`` is exactly 0 or 1: a count, which LLVM vectorises (a loop
+    that stops at the first other value would not be)."""
+    n = 0
+    for j in range(t.size):
+        if (t[j] == 0.0) | (t[j] == 1.0):
+            n += 1
+    return n == t.size
+
+
+@njit(**CPU_SCALAR)
 def lane_sum(acc):
     """Σ of the lane accumulators, in a fixed order (part of the result's definition)."""
     s = 0.0

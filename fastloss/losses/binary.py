@@ -5,7 +5,7 @@ probabilities in [0, 1] for the cross-entropies and focal loss, and ±1 (or 0/1)
 """
 import math
 
-from .._loss import Option, elementwise_loss
+from .._loss import Option, binary_target_variant, elementwise_loss
 
 
 def log1p_exp_neg_abs(x):
@@ -32,10 +32,31 @@ def bce_logits(x, t, pos_weight):
 
 
 # -- bce ------------------------------------------------------------------------------------------
+def log1m(p):
+    """log(1 − p) for p ≤ 1, within about 2 ulp (log1p(−p)'s accuracy, which 1 − p rounded would
+    lose for small p): log u + e/u, where u = 1 − p rounded and e = (1 − u) − p is its rounding
+    error, exact because |p| ≤ 1 (Fast2Sum). Written so because bce's 0/1-target form below
+    needs log(p) and log(1 − p) to be one function of one argument."""
+    u = 1.0 - p
+    e = (1.0 - u) - p
+    return math.log(u) + (e / u if e != 0.0 else 0.0)
+
+
+def bce_value01(p, t):
+    # bce_value for t = 0 or 1, with one logarithm: the same operations on the term it keeps
+    # (log p + 0 is log p), so the same number, NaN for p outside [0, 1] included.
+    q = p if t == 1.0 else 1.0 - p
+    e = 0.0 if t == 1.0 else (1.0 - q) - p
+    l = math.log(q) + (e / q if e != 0.0 else 0.0)
+    l = -100.0 if l < -100.0 else l
+    return -l if (p >= 0.0 and p <= 1.0) else math.nan
+
+
+@binary_target_variant(bce_value01)
 def bce_value(p, t):
     # Logs clamped at −100 as PyTorch does, so p = 0 or 1 gives a finite loss.
     lp = math.log(p)
-    lq = math.log1p(-p)
+    lq = log1m(p)
     lp = -100.0 if lp < -100.0 else lp
     lq = -100.0 if lq < -100.0 else lq
     return -(t * lp + (1.0 - t) * lq)
