@@ -408,7 +408,10 @@ def elementwise_loss(value, deriv, *, name=None, params=None, validate=None, doc
         if not isinstance(n, str) or not n.isidentifier() or n in _RESERVED_OPTION_NAMES:
             raise ValueError(f"elementwise_loss: option name {n!r} is not allowed: options are Python "
                              f"identifiers other than {', '.join(sorted(_RESERVED_OPTION_NAMES))}")
-    for fn, role in ((value, "value"), (deriv, "deriv")):
+    checked = [(value, "value"), (deriv, "deriv")]
+    checked += [(getattr(fn, "_fastloss_binary"), f"{role}'s binary_target_variant")
+                for fn, role in checked if hasattr(fn, "_fastloss_binary")]
+    for fn, role in checked:
         if not callable(fn):
             raise TypeError(f"elementwise_loss: {role} must be a function")
         try:

@@ -371,3 +371,15 @@ def test_binary_target_variant_runs_on_blocks_of_binary_targets(fl, backend, dty
         np.testing.assert_array_equal(backend.to_numpy(loss.grad(pb, tb, sample_weight=wb, reduction="sum")), eg * w)
         total = float(backend.to_numpy(loss(pb, tb, reduction="sum", sample_weight=wb)))
         assert total == pytest.approx(float(np.sum(ev.astype(np.float64) * w)), rel=1e-6)
+
+
+def test_binary_target_variant_must_take_the_same_arguments(fl):
+    def value01(p, t):
+        return p
+
+    @binary_target_variant(value01)
+    def value(p, t, delta):
+        return p * delta
+
+    with pytest.raises(TypeError, match="value's binary_target_variant must take"):
+        fl.elementwise_loss(value, lambda p, t, delta: delta, params={"delta": 1.0})
