@@ -422,3 +422,28 @@ def test_labels_as_python_objects(fl, rng):
     assert_close(fl.cross_entropy(pred, [1, 0, 3]), ev, np.float64)
     x = rng.standard_normal(4)
     assert_close(fl.cross_entropy(x, 2), ref.cross_entropy(x, np.int64(2))[0], np.float64)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_ignored_row_weight_never_reaches_the_mean(fl, backend, bad):
+    """An ignored row has weight 0 whatever its sample_weight: a NaN or inf weight there made the
+    CPU's "mean" NaN (its denominator multiplied the weight by 0), and the kept rows' gradient
+    with it, while "sum" and "none" were right. Reference: the kept rows alone."""
+    x = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, -1.0, 0.0]])
+    y = np.array([0, -100, 2])
+    w = np.array([1.0, bad, 3.0])
+    v, g = fl.cross_entropy.value_and_grad(*map(backend.to_backend, (x, y)), sample_weight=backend.to_backend(w))
+    ev, eg = fl.cross_entropy.value_and_grad(x[[0, 2]], y[[0, 2]], sample_weight=w[[0, 2]])
+    assert_close(backend.to_numpy(v), ev, np.float64)
+    g = backend.to_numpy(g)
+    assert_close(g[[0, 2]], eg, np.float64)
+    assert np.all(g[1] == 0)
+
+
+def test_kl_div_batchmean_of_no_classes_is_zero(fl, backend):
+    """batchmean is the sum over pred.shape[0], as PyTorch: 0 for (3, 0), not NaN (NaN for (0, 2),
+    where there is no batch)."""
+    v = fl.kl_div(backend.to_backend(np.zeros((3, 0))), backend.to_backend(np.zeros((3, 0))), reduction="batchmean")
+    assert float(backend.to_numpy(v)) == 0.0
+    v = fl.kl_div(backend.to_backend(np.zeros((0, 2))), backend.to_backend(np.zeros((0, 2))), reduction="batchmean")
+    assert np.isnan(float(backend.to_numpy(v)))

@@ -140,8 +140,8 @@ class CrossEntropy(_RowLoss):
             # "mean" divides by Σ (sample weight × class weight of the label) over kept rows.
             kept = labels != ignore
             ew = kept.astype(np.float64) if cw is None else np.where(kept, cw[np.where(kept, labels, 0)], 0.0)
-            if sw is not None:
-                ew = ew * sw
+            if sw is not None:  # kept rows only: an ignored row's weight is 0 even if NaN or inf
+                ew[kept] *= sw[kept]
             wsum = float(ew.sum())
             scale = _grad_scale(wsum, reduction)
             cw_sum = float(C if cw is None else cw.sum())
@@ -233,7 +233,7 @@ class KLDiv(ElementwiseLoss):
         # rows times rows per batch item, which is the same when every weight is 1.
         n = int(np.prod(shape))
         batch = shape[0] if shape else 1
-        return wsum * batch / n if n else wsum
+        return wsum * batch / n if n else float(batch)  # no elements: sum 0 over shape[0], as PyTorch
 
 
 kl_div = KLDiv("kl_div", kl_div_value, kl_div_deriv, options=(
