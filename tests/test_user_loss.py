@@ -383,3 +383,49 @@ def test_binary_target_variant_must_take_the_same_arguments(fl):
 
     with pytest.raises(TypeError, match="value's binary_target_variant must take"):
         fl.elementwise_loss(value, lambda p, t, delta: delta, params={"delta": 1.0})
+
+
+_LIMIT = float("inf")
+_TWO32 = np.float32(2.0)
+
+
+def _capped_square(p, t):
+    d = p - t
+    return d * d if d * d < _LIMIT else _LIMIT  # an infinite module constant (was NameError: inf)
+
+
+from math import exp as _exp, log1p as _log1p  # noqa: E402 - ``from math import`` in loss math
+
+
+def _twice_softplus(p, t):
+    return _TWO32 * _softplus_plain(p - t)  # a NumPy scalar constant and a helper
+
+
+def _softplus_plain(x):
+    return x + _log1p(_exp(-x)) if x > 0 else _log1p(_exp(x))
+
+
+def _twice_deriv(p, t):
+    return 2.0 * (p - t)
+
+
+def _no_deriv(p, t):
+    return 0.0 * p
+
+
+def test_constants_and_math_imports_in_user_math(fl):
+    """Infinite module constants, NumPy scalar constants and functions imported from math (found
+    by an exploratory pass: the first gave a NameError, the others a Numba typing error)."""
+    loss = fl.elementwise_loss(_capped_square, _twice_deriv, name="capped")
+    assert float(loss(np.array([0.5, 2.0]), np.array([0.0, 1.0]))) == 0.625
+    loss = fl.elementwise_loss(_twice_softplus, _no_deriv, name="twice_softplus")
+    p = np.linspace(-30, 30, 13)
+    for dtype in (np.float64, np.float32):
+        v = loss(p.astype(dtype), np.zeros(13, dtype), reduction="none")
+        np.testing.assert_allclose(v, 2 * np.logaddexp(0, p), rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_lambda_calling_a_helper_is_a_clear_error(fl):
+    loss = fl.elementwise_loss(lambda p, t: _softplus_plain(p - t), lambda p, t: 0.0 * p, name="lambda_helper")
+    with pytest.raises(TypeError, match="_softplus_plain.* cannot be compiled with it"):
+        loss(np.array([1.0]), np.array([0.0]))

@@ -31,6 +31,8 @@ import textwrap
 import threading
 import types
 
+import numpy as np
+
 from .. import _config
 
 # Generated source format version: bump when templates change in a way the hash would not see.
@@ -137,6 +139,20 @@ class _MathCalls(ast.NodeTransformer):
         return node
 
 
+class _FromMath(ast.NodeTransformer):
+    """``exp(x)`` after ``from math import exp`` becomes ``math.exp(x)``: one spelling for the
+    code generators to recognise."""
+
+    def __init__(self, names):
+        self.names = names
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.names:
+            attr = ast.Attribute(value=ast.Name(id="math", ctx=ast.Load()), attr=self.names[node.id], ctx=ast.Load())
+            return ast.copy_location(attr, node)
+        return node
+
+
 class _TypedFloats(ast.NodeTransformer):
     """Wraps float literals, and math's float constants (``math.nan``, ``math.inf``, ``math.pi``,
     ...), in ``FLOAT(...)``: with FLOAT = np.float32 a float32 kernel computes in float32 (a bare
@@ -195,6 +211,7 @@ class _Collector:
         fdef.decorator_list = []
         fdef.name = gen_name
         renames = {}
+        from_math = {}  # names bound by ``from math import ...`` -> their name in math
         math_aliases = set()
         for name in _free_names(fdef):
             obj = _resolve(fn, name)
@@ -204,9 +221,18 @@ class _Collector:
                 math_aliases.add(name)
                 self.math_used = True
                 self.imports.add(f"import math as {name}" if name != "math" else "import math")
-            elif isinstance(obj, bool) or isinstance(obj, (int, float)):
+            elif getattr(math, getattr(obj, "__name__", ""), None) is obj and callable(obj):
+                # ``from math import exp``: written back as math.exp, which the code generators
+                # know (and the CPU one replaces with its vectorised form)
+                math_aliases.add("math")
+                self.math_used = True
+                self.imports.add("import math")
+                from_math[name] = obj.__name__
+            elif isinstance(obj, (bool, int, float, np.bool_, np.integer, np.floating)):
+                obj = obj.item() if isinstance(obj, np.generic) else obj
                 const = f"_c_{name}"
-                if self.constants.get(const, obj) != obj:
+                old = self.constants.get(const, obj)
+                if not (old == obj or (old != old and obj != obj)):  # NaN equals NaN here
                     raise _NoSource(f"constant {name!r} has two values")
                 self.constants[const] = obj
                 renames[name] = const
@@ -226,6 +252,8 @@ class _Collector:
             for node in ast.walk(fdef):
                 if isinstance(node, ast.Name) and node.id in renames:
                     node.id = renames[node.id]
+        if from_math:
+            fdef = ast.fix_missing_locations(_FromMath(from_math).visit(fdef))
         if math_aliases and self.replace_math:
             calls = _MathCalls(math_aliases, self.replace_math)
             fdef = calls.visit(fdef)
@@ -235,6 +263,28 @@ class _Collector:
             fdef = ast.fix_missing_locations(_TypedFloats(math_aliases).visit(fdef))
         self.defs.append(ast.unparse(fdef))
         return gen_name
+
+
+def _check_no_helpers(fn, reason):
+    """A function injected without its source is compiled as it is, so the plain Python functions
+    it calls are not compiled with it (Numba would fail with a typing error): say so instead."""
+    if fn is None:
+        return
+    fn = _plain_function(fn)
+    for name in fn.__code__.co_names:
+        obj = fn.__globals__.get(name)
+        if isinstance(obj, types.FunctionType) and not getattr(obj, "_fastloss_jit_import", False):
+            raise TypeError(f"{fn.__qualname__} cannot be copied into a kernel ({reason}), so the function "
+                            f"{name!r} it calls cannot be compiled with it: define both with def in a file, "
+                            "using arithmetic, math and numeric constants only")
+
+
+def _literal(value):
+    """Source text of a constant: repr, except for the floats whose repr is not Python
+    (inf, -inf, nan)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"float({str(value)!r})"
+    return repr(value)
 
 
 def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False, dtype=None):
@@ -251,14 +301,16 @@ def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False,
     col = _Collector(prefix, replace_math, typed_floats, dtype)
     try:
         names = {role: col.add(fn) for role, fn in functions.items() if fn is not None}
-    except _NoSource:
+    except _NoSource as exc:
         # Source unavailable: inject the functions themselves. They are compiled from their
         # Python objects and the module is not cached on disk.
+        for fn in functions.values():
+            _check_no_helpers(fn, str(exc))
         names = {role: f"{prefix}_{role}" for role, fn in functions.items() if fn is not None}
         injected = {names[role]: _plain_function(fn) for role, fn in functions.items() if fn is not None}
         text = "\n".join(f"{n} = SCALAR_JIT({n})" for n in names.values())
         return ScalarSource(text, names, [], injected)
-    lines = [f"{k} = FLOAT({v!r})" if typed_floats and isinstance(v, float) else f"{k} = {v!r}"
+    lines = [f"{k} = FLOAT({_literal(v)})" if typed_floats and isinstance(v, float) else f"{k} = {_literal(v)}"
              for k, v in sorted(col.constants.items())]
     for d in col.defs:
         lines.append("@SCALAR_JIT\n" + d)
