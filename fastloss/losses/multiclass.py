@@ -233,7 +233,7 @@ class KLDiv(ElementwiseLoss):
         # rows times rows per batch item, which is the same when every weight is 1.
         n = int(np.prod(shape))
         batch = shape[0] if shape else 1
-        return wsum * batch / n if n else float(batch)  # no elements: sum 0 over shape[0], as PyTorch
+        return wsum * batch / n if n else wsum
 
 
 kl_div = KLDiv("kl_div", kl_div_value, kl_div_deriv, options=(
