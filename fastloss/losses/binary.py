@@ -32,22 +32,26 @@ def bce_logits(x, t, pos_weight):
 
 
 # -- bce ------------------------------------------------------------------------------------------
-def log1m(p):
-    """log(1 − p) for p ≤ 1, within about 2 ulp (log1p(−p)'s accuracy, which 1 − p rounded would
-    lose for small p): log u + e/u, where u = 1 − p rounded and e = (1 − u) − p is its rounding
-    error, exact because |p| ≤ 1 (Fast2Sum). Written so because bce's 0/1-target form below
-    needs log(p) and log(1 − p) to be one function of one argument."""
-    u = 1.0 - p
-    e = (1.0 - u) - p
+def log_of_sum(u, e):
+    """log(u + e) where e is the rounding error of the sum that gave u (|e| ≤ half an ulp of u):
+    log u + e/u, to first order, which is all such an e has."""
     return math.log(u) + (e / u if e != 0.0 else 0.0)
+
+
+def log1m(p):
+    """log(1 − p) for p ≤ 1, within about 1.5 ulp (log1p(−p)'s accuracy, which log of 1 − p
+    rounded would lose for small p): u = 1 − p rounded, whose error (1 − u) − p is exact
+    because |p| ≤ 1 (Fast2Sum). Written so, not as log1p(−p), because bce's 0/1-target form
+    below needs log p and log(1 − p) to be one function of one argument."""
+    u = 1.0 - p
+    return log_of_sum(u, (1.0 - u) - p)
 
 
 def bce_value01(p, t):
     # bce_value for t = 0 or 1, with one logarithm: the same operations on the term it keeps
-    # (log p + 0 is log p), so the same number, NaN for p outside [0, 1] included.
+    # (log p is log_of_sum(p, 0)), so the same number, NaN for p outside [0, 1] included.
     q = p if t == 1.0 else 1.0 - p
-    e = 0.0 if t == 1.0 else (1.0 - q) - p
-    l = math.log(q) + (e / q if e != 0.0 else 0.0)
+    l = log_of_sum(q, 0.0 if t == 1.0 else (1.0 - q) - p)
     l = -100.0 if l < -100.0 else l
     return -l if (p >= 0.0 and p <= 1.0) else math.nan
 
