@@ -101,9 +101,10 @@ CUDA_ROW_VECTORS = 2
 #: that the first pass of other rows has read and the second pass will read again.
 CUDA_ROW_CACHE_HINTS = True
 
-#: Check class labels on the device: a small kernel over the labels, then one 8-byte read that
-#: waits for the caller's stream (after the row kernel; before it when ``out=`` is given, so that
-#: bad labels leave ``out`` untouched). False skips both: rows with bad labels then give NaN.
+#: Check class labels (in range, within int64) and class weights (not NaN) on the device: a
+#: small kernel over them, then one 8-byte read that waits for the caller's stream (after the
+#: row kernel; before it when ``out=`` is given, so that bad input leaves ``out`` untouched).
+#: False skips both: rows with bad labels then give NaN, as do NaN class weights.
 CUDA_CHECK_LABELS = True
 
 #: Use warp shuffles in block reductions (real GPUs). The CUDA simulator has none, so it always

@@ -1015,10 +1015,13 @@ def _option_array(loss, o, v, shape, cx):
     if b.dtype.kind not in "fiu":
         raise TypeError(f"{loss.name}: {o.name} must be a real number or array, got dtype {b.dtype}")
     shape = tuple(shape)
-    if o.check is not None:  # a host read (waits for the stream), as the CPU's check
-        h = cx.to_host(b).astype(np.float64)
-        if not np.all(o.check(h)):
-            raise ValueError(f"{loss.name}: every {o.name} must be {o.rule}")
+    # checked on the host, as on the CPU (a read that waits for the stream; such arrays are
+    # usually small, a row or a column broadcast against pred)
+    h = cx.to_host(b).astype(np.float64)
+    if np.isnan(h).any():
+        raise ValueError(f"{loss.name}: {o.name} has NaN values")
+    if o.check is not None and not np.all(o.check(h)):
+        raise ValueError(f"{loss.name}: every {o.name} must be {o.rule}")
     if b.shape == shape:
         return _contig(b, cx).flat
     try:
@@ -1174,6 +1177,8 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     nd = len(shape)
     axis = _class_axis(name, p, opts["axis"])
     C = shape[axis]
+    if C == 0:
+        raise ValueError(f"{name}: pred has no classes (its class axis {axis} has length 0)")
     lead = tuple(shape[:axis] + shape[axis + 1:])
     moved = lead + (C,)
     R = _prod(lead)
@@ -1242,7 +1247,8 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     else:
         raise TypeError(f"{name}: target must be integer labels or real probabilities, got dtype {t.dtype}")
 
-    check = labels is not None and R > 0 and bool(_config.CUDA_CHECK_LABELS)
+    # the device checks: labels in range (and within int64), class weights not NaN
+    check = bool(_config.CUDA_CHECK_LABELS) and ((labels is not None and R > 0) or cw.size != 0)
     eps = float(opts["label_smoothing"]) if is_ce else 0.0
     ignore = int(opts["ignore_index"]) if is_ce else 0
     need_cwsum = is_ce and labels is not None and eps != 0.0 and cw.size != 0
@@ -1252,7 +1258,7 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     den_host = float(R)
     gscale = 1.0 if rmode == 0 else (1.0 / R if R else 0.0)
 
-    gl = _grid(R, cx) if (check or den_labels) else 0
+    gl = _grid(max(R if labels is not None else 0, cw.size if check else 0), cx) if (check or den_labels) else 0
     gsw = _grid(R, cx) if den_dev and not den_labels else 0
     gcw = _grid(C, cx) if need_cwsum else 0
     total = ((g if g > 1 and reduce_val else 0) + (1 if check else 0) + (gl if gl > 1 and check else 0)
@@ -1285,13 +1291,14 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     com = _common() if R > 0 or reduce_val else None
     if gl:
         # labels: range check (flags) and/or cross_entropy's denominator, one pass over them
+        lab, nlab = (labels, R) if labels is not None else (EI, 0)
         if gl == 1:
-            _launch(com.labels_kernel, 1, cx, (labels, cw, sw, ignore, int(is_ce), C, R, E64, EI,
+            _launch(com.labels_kernel, 1, cx, (lab, cw, sw, ignore, int(is_ce), C, nlab, E64, EI,
                                                den if den_labels else E64, fres))
         else:
             lparts = scratch(gl) if den_labels else E64
             lfparts = scratch(gl, _I64) if check else EI
-            _launch(com.labels_kernel, gl, cx, (labels, cw, sw, ignore, int(is_ce), C, R, lparts, lfparts, E64, EI))
+            _launch(com.labels_kernel, gl, cx, (lab, cw, sw, ignore, int(is_ce), C, nlab, lparts, lfparts, E64, EI))
             _launch(com.finish_kernel, 1, cx, (lparts, gl, lfparts, 0, 0.0, E64, 1.0,
                                                den if den_labels else E64, fres))
         if check and out is not None:
@@ -1340,9 +1347,15 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
 
 
 def _check_labels(cx, fres, labels, loss, C, ignore_index):
-    """The label range check: one 8-byte read, which waits for the stream; on failure the labels
-    come to the host to name the first bad one, as the CPU does."""
-    if int(cx.to_host(fres)[0]):
+    """The result of labels_kernel's checks: one 8-byte read, which waits for the stream; on a
+    bad label the labels come to the host to name the first one, as the CPU does. The errors
+    come in the CPU's order: class weights first."""
+    flags = int(cx.to_host(fres)[0])
+    if flags & 4:
+        raise ValueError(f"{loss.name}: class_weight has NaN values")
+    if flags & 2:
+        raise ValueError("target has labels too large for int64")
+    if flags & 1:
         _raise_bad_label(loss, cx.to_host(labels), C, ignore_index)
 
 

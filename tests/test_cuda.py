@@ -445,6 +445,64 @@ def test_labels_out_of_range(fl, C):
     assert np.all(NB.host(x) == 0)
 
 
+def _bad_input_cases(fl):
+    """(label, call) pairs: calls with bad input, each given the array module to build it with."""
+    wide = np.array([0, 2**64 - 100, 1], np.uint64)  # wraps to -100 (ignore_index) as int64
+    nan_cw = np.array([1.0, np.nan, 1.0])
+    nan_margin = np.array([1.0, np.nan, 1.0])
+
+    scaled = fl.elementwise_loss(lambda p, t, m: m * (p - t) ** 2, lambda p, t, m: 2 * m * (p - t),
+                                 params={"m": 1.0}, name="scaled_mse")
+    x3 = np.zeros((3, 3))
+    return [
+        ("ce no classes", lambda d: fl.cross_entropy(d(np.zeros((4, 0))), d(np.zeros(4, np.int64)))),
+        ("ce no rows or classes", lambda d: fl.cross_entropy(d(np.zeros((0, 0))), d(np.zeros(0, np.int64)))),
+        ("mm no classes", lambda d: fl.multi_margin.grad(d(np.zeros((4, 0))), d(np.zeros(4, np.int64)))),
+        ("ce uint64 label", lambda d: fl.cross_entropy(d(x3), d(wide))),
+        ("ce uint64 2**63", lambda d: fl.cross_entropy(d(x3), d(np.array([0, 2**63, 1], np.uint64)))),
+        ("mm uint64 label", lambda d: fl.multi_margin(d(x3), d(wide))),
+        ("ce NaN class_weight", lambda d: fl.cross_entropy(d(x3), d(np.array([0, 1, 2])), class_weight=d(nan_cw))),
+        ("ce NaN class_weight, probs", lambda d: fl.cross_entropy(d(x3), d(np.full((3, 3), 1 / 3)),
+                                                                  class_weight=d(nan_cw))),
+        ("ce NaN class_weight, no rows", lambda d: fl.cross_entropy(d(np.zeros((0, 3))), d(np.zeros(0, np.int64)),
+                                                                    class_weight=d(nan_cw))),
+        ("mm NaN class_weight", lambda d: fl.multi_margin.value_and_grad(d(x3), d(np.array([0, 1, 2])),
+                                                                         class_weight=d(nan_cw))),
+        ("hinge NaN margin", lambda d: fl.hinge(d(np.zeros(3)), d(np.ones(3)), margin=d(nan_margin))),
+        ("huber NaN delta", lambda d: fl.huber.grad(d(np.zeros(3)), d(np.ones(3)), delta=d(nan_margin))),
+        ("user NaN param", lambda d: scaled(d(np.zeros(3)), d(np.ones(3)), m=d(nan_margin))),
+    ]
+
+
+def test_bad_inputs_raise_as_on_the_cpu(fl):
+    """Each bad input raises on the GPU the error the CPU raises: no classes, unsigned labels
+    beyond int64 (which wrapped to ignore_index on the GPU: the row was silently dropped), NaN
+    class weights and NaN per-element options (which gave NaN results on the GPU)."""
+    for label, call in _bad_input_cases(fl):
+        with pytest.raises((TypeError, ValueError)) as on_cpu:
+            call(lambda a: a)
+        with pytest.raises(on_cpu.type) as on_gpu:
+            call(NB.dev)
+        assert str(on_gpu.value) == str(on_cpu.value), label
+
+
+def test_label_checks_skip_nothing_good(fl):
+    """The widened label check still passes good input: unsigned 64-bit labels, class weights
+    with labels (with and without smoothing) and with probabilities."""
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    y = np.array([0, 2, 1, 2], np.uint64)
+    cw = np.array([0.5, 2.0, 1.0])
+    for kw in ({}, {"class_weight": cw}, {"class_weight": cw, "label_smoothing": 0.1}):
+        want = fl.cross_entropy.value_and_grad(x, y, **kw)
+        got = fl.cross_entropy.value_and_grad(NB.dev(x), NB.dev(y),
+                                              **{k: NB.dev(v) if k == "class_weight" else v for k, v in kw.items()})
+        for g, w in zip(got, want):
+            assert_close(NB.host(g), w, np.float64)
+    probs = np.full((4, 3), 1 / 3)
+    assert_close(NB.host(fl.cross_entropy(NB.dev(x), NB.dev(probs), class_weight=NB.dev(cw))),
+                 fl.cross_entropy(x, probs, class_weight=cw), np.float64)
+
+
 def test_host_device_mixing(fl):
     h = np.ones((3, 4), np.float32)
     d = NB.dev(h)

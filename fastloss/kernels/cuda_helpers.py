@@ -263,18 +263,30 @@ def wsum_kernel(w, n, partials, fparts, result, fres):
 
 @KERNEL_JIT
 def labels_kernel(labels, cw, sw, ignore, use_ignore, C, R, partials, fparts, result, fres):
-    # Class labels of the row losses: flag 1 where one is outside [0, C) (and not ignore_index
-    # when use_ignore), and the denominator of cross_entropy's "mean": the sum over kept rows of
-    # sample weight x class weight of the label. Value and flags are each wanted or not (sizes).
+    # Class labels of the row losses and their class weights. Flags: 1 where a label is outside
+    # [0, C) (and not ignore_index when use_ignore), 2 where an unsigned 64-bit label does not fit
+    # in int64 (it would wrap to a negative number, possibly ignore_index), 4 where a class weight
+    # is NaN (as the CPU's checks). Value: the denominator of cross_entropy's "mean", the sum over
+    # kept rows of sample weight x class weight of the label. Value and flags are each wanted or
+    # not (sizes); R = 0 checks the class weights alone.
     sh = cuda.shared.array(SHN, float64)
     shf = cuda.shared.array(SHN, int64)
-    i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
+    start = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     acc = 0.0
     flags = 0
+    j = start if fparts.shape[0] != 0 or fres.shape[0] != 0 else cw.shape[0]
+    while j < cw.shape[0]:
+        if cw[j] != cw[j]:
+            flags |= 4
+        j += step
+    i = start
     while i < R:
-        y = int64(labels[i])
-        if use_ignore != 0 and y == ignore:
+        raw = labels[i]
+        y = int64(raw)
+        if y < 0 and raw >= 0:  # only an unsigned label >= 2**63 wraps to a negative int64
+            flags |= 2
+        elif use_ignore != 0 and y == ignore:
             pass
         elif y < 0 or y >= C:
             flags |= 1
