@@ -1288,7 +1288,7 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
             gbuf = cx.alloc((R, C), rdt)
         grad2 = gbuf.view((R, C))
 
-    com = _common() if R > 0 or reduce_val else None
+    com = _common() if R > 0 or reduce_val or gl else None
     if gl:
         # labels: range check (flags) and/or cross_entropy's denominator, one pass over them
         lab, nlab = (labels, R) if labels is not None else (EI, 0)

@@ -501,6 +501,11 @@ def test_label_checks_skip_nothing_good(fl):
     probs = np.full((4, 3), 1 / 3)
     assert_close(NB.host(fl.cross_entropy(NB.dev(x), NB.dev(probs), class_weight=NB.dev(cw))),
                  fl.cross_entropy(x, probs, class_weight=cw), np.float64)
+    for loss in (fl.cross_entropy, fl.multi_margin):  # no rows: only the class weights to check
+        none = np.zeros(0, np.int64)
+        assert NB.host(loss.grad(NB.dev(np.zeros((0, 3))), NB.dev(none), class_weight=NB.dev(cw))).shape == (0, 3)
+        assert NB.host(loss(NB.dev(np.zeros((0, 3))), NB.dev(none), class_weight=NB.dev(cw),
+                            reduction="none")).shape == (0,)
 
 
 def test_host_device_mixing(fl):
