@@ -439,3 +439,34 @@ def test_ignored_row_weight_never_reaches_the_mean(fl, backend, bad):
     assert_close(g[[0, 2]], eg, np.float64)
     assert np.all(g[1] == 0)
 
+
+
+def test_infinite_weights_are_infinite_only_where_they_count(fl, backend):
+    """An infinite weight makes infinite only the terms it multiplies. Without label smoothing a
+    class weight enters only through the rows labelled with it (the CPU's gradient was NaN in
+    every row: 0 · Σ w_c), an infinite sample weight gives ±inf where the gradient is non-zero
+    (NaN on the GPU: 0 · inf in the smoothing term), and a probability target of exactly 0
+    makes its class add nothing, as the docstring says (NaN on both). Float64 formulas."""
+    dev = backend.to_backend
+    x = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, 0.0]])
+    e = np.exp(x - x.max(1, keepdims=True))
+    sm = e / e.sum(1, keepdims=True)
+    lse = np.log(np.exp(x).sum(1))
+    y = np.array([0, 1])
+    onehot = np.eye(3)[y]
+    cw = np.array([2.0, 0.5, np.inf])  # no row is labelled 2
+    v, g = fl.cross_entropy.value_and_grad(dev(x), dev(y), class_weight=dev(cw), reduction="none")
+    assert_close(backend.to_numpy(v), cw[y] * (lse - x[[0, 1], y]), np.float64)
+    assert_close(backend.to_numpy(g), cw[y][:, None] * (sm - onehot), np.float64)
+
+    g = backend.to_numpy(fl.cross_entropy.grad(dev(x[:1]), dev(np.array([2])), sample_weight=dev(np.array([np.inf])),
+                                               reduction="sum"))
+    assert np.array_equal(g, [[np.inf, np.inf, -np.inf]])
+
+    probs = np.array([[0.2, 0.8, 0.0], [0.5, 0.5, 0.0]])
+    wt = np.zeros_like(probs)
+    nz = probs != 0
+    wt[nz] = np.broadcast_to(cw, probs.shape)[nz] * probs[nz]
+    v, g = fl.cross_entropy.value_and_grad(dev(x), dev(probs), class_weight=dev(cw), reduction="none")
+    assert_close(backend.to_numpy(v), (wt * (lse[:, None] - x)).sum(1), np.float64)
+    assert_close(backend.to_numpy(g), wt.sum(1, keepdims=True) * sm - wt, np.float64)

@@ -138,7 +138,8 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
             grow = grad[r]
             gs = sw * scale
             e_y = np.float64(grow[y])  # exp(x_y − m), kept there by _sum_exp_into
-            a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
+            # the smoothing terms only where ε ≠ 0: 0 · Σw would be NaN for an infinite class weight
+            a = (1.0 - smoothing) * wy + (smoothing / C * cw_sum if smoothing != 0.0 else 0.0)
             _scale(grow, dt(a * gs / s))
             if smoothing != 0.0:
                 e = smoothing / C * gs
@@ -146,8 +147,10 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
                     grow[c] -= dt(e if class_weight is None else e * class_weight[c])
             # The label's entry in float64, with softmax_y − 1 as (e_y − s) / s: rounded to the
             # data's dtype first, it cancels to 0 for a confident row (x = [20, 0] in float32).
-            grow[y] = dt(gs * ((1.0 - smoothing) * wy * ((e_y - s) / s)
-                               + smoothing / C * (cw_sum * e_y / s - wy)))
+            gy = (1.0 - smoothing) * wy * ((e_y - s) / s)
+            if smoothing != 0.0:
+                gy += smoothing / C * (cw_sum * e_y / s - wy)
+            grow[y] = dt(gs * gy)
     return total
 
 
@@ -182,7 +185,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
                 tc = (1.0 - smoothing) * tb[j] + smoothing / C
                 wt = tc if class_weight is None else class_weight[b0 + j] * tc
                 buf[j] = wt * (m - rb[j]) if tc != 0.0 else 0.0
-                buf_w[j] = wt
+                buf_w[j] = wt if tc != 0.0 else 0.0  # (an infinite w_c times 0 would be NaN)
             lanes_add(lanes, buf[:rb.size])
             lanes_add(lanes_w, buf_w[:rb.size])
         shifted = lane_sum(lanes)
@@ -205,7 +208,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
                 # (Σ w t') softmax_c − w_c t'_c in float64, rounded once: in the data's dtype a
                 # confident class's softmax_c − 1 cancels to 0.
                 tc = (1.0 - smoothing) * trow[c] + smoothing / C
-                wt = tc if class_weight is None else class_weight[c] * tc
+                wt = tc if class_weight is None else (class_weight[c] * tc if tc != 0.0 else 0.0)
                 grow[c] = dt(gs * (np.float64(grow[c]) * k - wt))
     return total
 

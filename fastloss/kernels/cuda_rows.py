@@ -90,6 +90,9 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
         W = cwsum[0]
     scale = grad_scale(rmode, gscale, den, den_mul)
     epsc = eps / C
+    # the gradient reads the class weights only for the smoothing term b w_c (b = 0 without
+    # smoothing, where 0 times an infinite weight would make it NaN)
+    g_cw = has_cw and eps != 0.0
     # vec: rows are read (and the gradient written) as 4-element vectors, nv of them per row,
     # lane l taking vectors l, l + GS, ...; the host sets it when C % 4 == 0 and the pointers
     # are aligned. Elements from 4 nv on (all of them without vec) go one at a time.
@@ -161,12 +164,16 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
         if has_g and r < R:
             if live:
                 gs = swr * scale
-                a = CT(((1.0 - eps) * wy + epsc * W) * gs)
-                b = CT(epsc * gs)
+                # the smoothing terms only where eps != 0: 0 * inf (an infinite weight) is NaN
+                a = CT(((1.0 - eps) * wy + (epsc * W if eps != 0.0 else 0.0)) * gs)
+                b = CT(epsc * gs if eps != 0.0 else 0.0)
                 # the label's entry in float64, softmax_y - 1 as (e_y - s) / s: in the compute
                 # dtype it cancels to 0 for a confident row
                 ey = math.exp(xy - float64(mx))
-                gy = CT(gs * ((1.0 - eps) * wy * ((ey - s) / s) + epsc * (W * ey / s - wy)))
+                gy = (1.0 - eps) * wy * ((ey - s) / s)
+                if eps != 0.0:
+                    gy += epsc * (W * ey / s - wy)
+                gy = CT(gs * gy)
                 mc = mx
                 inv = CT(1.0 / s)
 {P2_VEC}
@@ -177,7 +184,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                     x2 = CT(x[r, c + 2 * GS])
                     x3 = CT(x[r, c + 3 * GS])
                     w0 = w1 = w2 = w3 = CT(1.0)
-                    if has_cw:
+                    if g_cw:
                         w0 = CT(cw[c])
                         w1 = CT(cw[c + GS])
                         w2 = CT(cw[c + 2 * GS])
@@ -201,7 +208,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                     c += 4 * GS
                 while c < C:
                     wc = CT(1.0)
-                    if has_cw:
+                    if g_cw:
                         wc = CT(cw[c])
                     g = ce_grad(CT(x[r, c]), wc, a, b, mc, inv)
                     if c == y:
@@ -286,7 +293,7 @@ def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, d
                 wc = 1.0
                 if has_cw:
                     wc = float64(cw[c])
-                grad[r, c] = CT(gs * (float64(math.exp(CT(x[r, c]) - mc)) * k - wc * tc))
+                grad[r, c] = CT(gs * (float64(math.exp(CT(x[r, c]) - mc)) * k - (wc * tc if tc != 0.0 else 0.0)))
         if lane == 0 and live:
             if has_v:
                 vals[r] = l
@@ -442,7 +449,7 @@ def _p2_vec(uv, ind, hints):
         for u in range(nvec):
             for e in range(4):
                 out.append(f"w{u}{e} = CT(1.0)")
-        out.append("if has_cw:")
+        out.append("if g_cw:")
         for u in range(nvec):
             for e in range(4):
                 out.append(f"    w{u}{e} = CT(cw[e{u} - ro + {e}])")
