@@ -470,3 +470,19 @@ def test_infinite_weights_are_infinite_only_where_they_count(fl, backend):
     v, g = fl.cross_entropy.value_and_grad(dev(x), dev(probs), class_weight=dev(cw), reduction="none")
     assert_close(backend.to_numpy(v), (wt * (lse[:, None] - x)).sum(1), np.float64)
     assert_close(backend.to_numpy(g), wt.sum(1, keepdims=True) * sm - wt, np.float64)
+
+
+def test_multi_margin_decides_violations_in_float64(fl, backend):
+    """Whether a class violates the margin is decided in float64 on every backend, as a float64
+    reference decides it: margin − x_y + x_c can round to 0 in float32 (the GPU computed it in
+    float32, and its gradient then missed a whole 1/C), and so can a tiny margin."""
+    dev = backend.to_backend
+    x = np.array([[1.1119224e-07, -0.99999988]], np.float32)
+    y = np.array([0])
+    z = 1.0 - np.float64(x[0, 0]) + np.float64(x[0, 1])
+    assert z > 0 and np.float32(1.0) - x[0, 0] + x[0, 1] == 0  # the case: positive only in float64
+    v, g = fl.multi_margin.value_and_grad(dev(x), dev(y))
+    assert_close(backend.to_numpy(v), z / 2, np.float32)
+    assert np.array_equal(backend.to_numpy(g), np.array([[-0.5, 0.5]], np.float32))
+    g = fl.multi_margin.grad(dev(np.zeros((1, 2), np.float32)), dev(y), margin=1e-46)
+    assert np.array_equal(backend.to_numpy(g), np.array([[-0.5, 0.5]], np.float32))

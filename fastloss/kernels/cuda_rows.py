@@ -315,7 +315,6 @@ def multi_margin(x, labels, cw, sw, power, margin, R, C, vals, grad, rmode, gsca
     has_v = vals.shape[0] != 0
     has_g = grad.shape[0] != 0
     scale = grad_scale(rmode, gscale, den, den_mul)
-    mg = CT(margin)
     acc = 0.0
     base = cuda.blockIdx.x * rpb
     while base < R:
@@ -338,26 +337,28 @@ def multi_margin(x, labels, cw, sw, power, margin, R, C, vals, grad, rmode, gsca
             if has_sw:
                 swr = float64(sw[r])
         f = wy / C
-        gsc = CT(f * swr * scale)
-        xyc = CT(xy)
+        gs = f * swr * scale
+        gsc = CT(gs)
         l = 0.0
         gy = 0.0
         if live:
             for c in range(lane, C, GS):
-                z = mg - xyc + CT(x[r, c])
+                # in float64, as on the CPU: whether a class violates the margin is decided as a
+                # float64 reference would (margin - x_y + x_c can round to 0 in float32)
+                z = margin - xy + float64(x[r, c])
                 hit = z > 0.0 and c != y
                 if hit:
                     if power == 1:
-                        l += float64(z)
+                        l += z
                     else:
-                        l += float64(z * z)
+                        l += z * z
                 if has_g and c != y:
                     g = CT(0.0)
                     if hit:
                         if power == 1:
                             g = gsc
                         else:
-                            g = CT(2.0) * z * gsc
+                            g = CT(2.0 * z * gs)
                     grad[r, c] = g
                     gy -= float64(g)
         l = group_sum(l, sh)
