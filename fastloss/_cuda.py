@@ -816,6 +816,7 @@ def _gather(base, shape, strides, flat, cx, scatter=False):
         return
     if strides is None:
         strides = _c_strides(shape)
+    shape, strides = _fewest_dims(shape, strides)
     if len(shape) > MAXDIM:
         raise ValueError(f"{cx.loss.name}: non-contiguous arrays of more than {MAXDIM} dimensions are not "
                          "supported on the GPU; make them contiguous first")
@@ -831,6 +832,23 @@ def _gather(base, shape, strides, flat, cx, scatter=False):
     shp = tuple(int(s) for s in shape) + (1,) * pad
     st = tuple(int(s) for s in strides) + (0,) * pad
     _launch(_common().gather_kernel, _grid(n, cx), cx, (win, flat, n, len(shape), shp, st, -min_off, int(scatter)))
+
+
+def _fewest_dims(shape, strides):
+    """The same elements in the same C order with fewer dimensions: dimensions of length 1
+    dropped, and neighbours merged where the outer one steps over the inner one exactly (so a
+    9-d view with a few real dimensions still fits the gather kernel's MAXDIM)."""
+    out_shape, out_strides = [], []
+    for d, st in zip(shape, strides):
+        if d == 1:
+            continue
+        if out_shape and out_strides[-1] == st * d:
+            out_shape[-1] *= d
+            out_strides[-1] = st
+        else:
+            out_shape.append(d)
+            out_strides.append(st)
+    return tuple(out_shape), tuple(out_strides)
 
 
 def _contig(b, cx):

@@ -252,6 +252,32 @@ def test_noncontiguous_inputs(fl, rng):
     assert_close(NB.host(g), cg, np.float64)
 
 
+def test_many_dimensions_of_length_one(fl, rng):
+    """Views, broadcast options and moved class axes of more than the gather kernel's 8
+    dimensions work when at most 8 of them are real (they were a ValueError asking to make
+    contiguous arrays contiguous): dimensions of length 1 drop out, neighbours merge."""
+    shape = (2,) + (1,) * 7 + (4,)
+    p = rng.standard_normal(shape[:-1] + (8,))
+    t = rng.standard_normal(shape)
+    v, g = fl.mse.value_and_grad(NB.dev(p)[..., ::2], NB.dev(t), reduction="none")
+    cv, cg = fl.mse.value_and_grad(p[..., ::2], t, reduction="none")
+    assert_close(NB.host(v), cv, np.float64)
+    assert_close(NB.host(g), cg, np.float64)
+    q = np.array([0.2, 0.4, 0.6, 0.8])
+    assert_close(NB.host(fl.quantile(NB.dev(t), NB.dev(np.zeros(shape)), q=NB.dev(q))),
+                 fl.quantile(t, np.zeros(shape), q=q), np.float64)
+    x = rng.standard_normal((3,) + (1,) * 8)
+    y = np.ones((1,) * 8, np.int64)
+    v, g = fl.cross_entropy.value_and_grad(NB.dev(x), NB.dev(y), axis=0)
+    cv, cg = fl.cross_entropy.value_and_grad(x, y, axis=0)
+    assert_close(NB.host(v), cv, np.float64)
+    assert_close(NB.host(g), cg, np.float64)
+    two = rng.standard_normal((1,) * 9 + (2,))
+    one = NB.dev(two)[..., 1:]  # one element of a 10-d view, at an offset
+    assert_close(NB.host(fl.mse(one, NB.dev(np.zeros(one.shape)))), fl.mse(two[..., 1:], np.zeros(one.shape)),
+                 np.float64)
+
+
 def test_out(fl, rng):
     pred, target, _ = elementwise_data("mse", (50,), np.float32, rng)
     dp, dt = NB.dev(pred), NB.dev(target)
