@@ -1027,19 +1027,24 @@ class _Shape:
         self.ndim = len(shape)
 
 
-def _option_array(loss, o, v, shape, cx):
-    """A per-element option given as a device array: checked, broadcast, contiguous, flat."""
+def _checked_option_array(loss, o, v, cx):
+    """A per-element option given as a device array, checked on the host as the CPU checks a
+    NumPy one (a read that waits for the stream; such arrays are usually small, a row or a
+    column broadcast against pred): (device buffer, float64 host copy)."""
     b = cx.describe(v, o.name)
     if b.dtype.kind not in "fiu":
         raise TypeError(f"{loss.name}: {o.name} must be a real number or array, got dtype {b.dtype}")
-    shape = tuple(shape)
-    # checked on the host, as on the CPU (a read that waits for the stream; such arrays are
-    # usually small, a row or a column broadcast against pred)
     h = cx.to_host(b).astype(np.float64)
     if np.isnan(h).any():
         raise ValueError(f"{loss.name}: {o.name} has NaN values")
     if o.check is not None and not np.all(o.check(h)):
         raise ValueError(f"{loss.name}: every {o.name} must be {o.rule}")
+    return b, h
+
+
+def _option_array(loss, o, b, shape, cx):
+    """A checked per-element option's device buffer, broadcast to pred's shape, contiguous, flat."""
+    shape = tuple(shape)
     if b.shape == shape:
         return _contig(b, cx).flat
     try:
@@ -1056,14 +1061,22 @@ def _option_array(loss, o, v, shape, cx):
     return dst.flat
 
 
+def _is_number(v):
+    return isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     name = loss.name
     shape = p.shape
     t = _real(cx.describe(target, "target"), "target")
     if t.shape != shape:
         raise ValueError(f"{name}: target has shape {t.shape}, expected pred's shape {shape}")
+    # per-element options given as device arrays: checked first, and a user's validate gets
+    # their float64 host copies, as it gets NumPy arrays on the CPU
+    arrays = {o.name: _checked_option_array(loss, o, opts[o.name], cx) for o in loss.options
+              if not o.host and o.kind is not bool and not _is_number(opts[o.name])}
     if loss.validate is not None:
-        loss.validate(opts)
+        loss.validate({**opts, **{k: h for k, (_, h) in arrays.items()}})
     if "axis" in opts:  # kl_div: its class axis must be valid, weights or not (as on the CPU)
         from .losses.multiclass import _class_axis
         _class_axis(name, _Shape(shape or (1,)), opts["axis"])
@@ -1088,11 +1101,11 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
         v = opts[o.name]
         if o.kind is bool:
             static += ((o.name, bool(v)),)
-        elif isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-            params.append(float(v))
-        else:
-            params.append(_option_array(loss, o, v, shape, cx))
+        elif o.name in arrays:
+            params.append(_option_array(loss, o, arrays[o.name][0], shape, cx))
             mask += (o.name,)
+        else:
+            params.append(float(v))
     mod = _elementwise_module(loss, mask, ct, static)
 
     g = _grid(n, cx)

@@ -512,6 +512,26 @@ def test_bad_inputs_raise_as_on_the_cpu(fl):
         assert str(on_gpu.value) == str(on_cpu.value), label
 
 
+def test_user_validate_gets_host_arrays(fl):
+    """A user loss's validate gets a per-element option as a float64 NumPy array on the GPU
+    too, as on the CPU (it got the device array: NumPy-style checks then misbehaved)."""
+    seen = []
+
+    def check(k):
+        seen.append((type(k), k.dtype, k.shape))
+        if np.any(k <= 0):
+            raise ValueError("k must be positive")
+
+    scaled = fl.elementwise_loss(lambda p, t, k: k * (p - t) ** 2, lambda p, t, k: 2 * k * (p - t),
+                                 params={"k": 1.0}, validate=check, name="scaled")
+    p, t = np.array([1.0, 2.0, 3.0]), np.zeros(3)
+    k = np.array([1.0, 2.0, 3.0], np.float32)
+    assert_close(NB.host(scaled(NB.dev(p), NB.dev(t), k=NB.dev(k))), scaled(p, t, k=k), np.float64)
+    assert seen[0] == seen[1] == (np.ndarray, np.float64, (3,))
+    with pytest.raises(ValueError, match="k must be positive"):
+        scaled(NB.dev(p), NB.dev(t), k=NB.dev(-k))
+
+
 def test_label_checks_skip_nothing_good(fl):
     """The widened label check still passes good input: unsigned 64-bit labels, class weights
     with labels (with and without smoothing) and with probabilities."""
