@@ -865,17 +865,18 @@ def _moved_strides(strides, axis):
     return tuple(strides[:axis]) + tuple(strides[axis + 1:]) + (strides[axis],)
 
 
-def _wsum(w, den, scratch, cx):
-    """den[0] = Σ w (float64, on the device) in a fixed order; ``scratch(k)`` gives partials."""
+def _wsum(w, den, scratch, cx, round32=False):
+    """den[0] = Σ w (float64, on the device) in a fixed order; ``scratch(k)`` gives partials.
+    ``round32``: each weight rounded to float32 first."""
     com = _common()
     n = w.size
     g = _grid(n, cx)
     E, EI = _empty(_F64), _empty(_I64)
     if g <= 1:
-        _launch(com.wsum_kernel, 1, cx, (w, n, E, EI, den, EI))
+        _launch(com.wsum_kernel, 1, cx, (w, n, int(round32), E, EI, den, EI))
     else:
         parts = scratch(g)
-        _launch(com.wsum_kernel, g, cx, (w, n, parts, EI, E, EI))
+        _launch(com.wsum_kernel, g, cx, (w, n, int(round32), parts, EI, E, EI))
         _launch(com.finish_kernel, 1, cx, (parts, g, EI, 0, 0.0, E, 1.0, den, EI))
 
 
@@ -1151,7 +1152,7 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
 
     if n > 0:
         if need_den:
-            _wsum(w, den, scratch, cx)
+            _wsum(w, den, scratch, cx, round32=ct == "float32")  # the weights the kernels use
         res_k = res_flat if g == 1 else _empty(rdt)
         fres_k = fres if g == 1 else EI
         # 16-byte loads and stores where every streamed array allows them

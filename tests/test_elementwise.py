@@ -710,3 +710,16 @@ def test_bce_value_within_two_ulp(fl, dtype, rng):
         ulp = np.spacing(exact[keep].astype(dtype)).astype(np.longdouble)
         err = np.abs(v[keep].astype(np.longdouble) - exact[keep]) / ulp
         assert err.max() <= 2.0, (tv, float(err.max()), p[keep][np.argmax(err)])
+
+
+@pytest.mark.parametrize("w", [1e-50, 1e39], ids=["underflows", "overflows"])
+def test_mean_divides_by_the_weights_the_kernel_used(fl, backend, w):
+    """float64 weights with float32 pred are rounded to float32 (README: converted to pred's
+    compute dtype) for the products and for Σ w alike, on every backend: a weight that rounds
+    to 0 is a zero weight ("mean" NaN, gradient 0), one that rounds to inf gives NaN. The GPU
+    summed the unrounded weights (0.0 and inf)."""
+    dev = backend.to_backend
+    p, t = np.array([1.0, 2.0, 3.0], np.float32), np.zeros(3, np.float32)
+    v, g = fl.mse.value_and_grad(dev(p), dev(t), sample_weight=dev(np.full(3, w)))
+    assert np.isnan(float(backend.to_numpy(v)))
+    assert np.all(backend.to_numpy(g) == 0) if w < 1 else np.all(np.isnan(backend.to_numpy(g)))

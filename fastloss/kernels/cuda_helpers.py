@@ -248,15 +248,20 @@ def finish_kernel(partials, nparts, fparts, rmode, den_host, den, den_mul, resul
 
 
 @KERNEL_JIT
-def wsum_kernel(w, n, partials, fparts, result, fres):
+def wsum_kernel(w, n, round32, partials, fparts, result, fres):
     # Sum of a weight array in float64 (a denominator): first stage, or all of it in one block.
+    # round32: each weight rounded to float32 first, as the kernels that multiply by it use it
+    # (elementwise losses computed in float32; as the CPU, which converts the weights).
     sh = cuda.shared.array(SHN, float64)
     shf = cuda.shared.array(SHN, int64)
     i = cuda.blockIdx.x * BLOCK + cuda.threadIdx.x
     step = cuda.gridDim.x * BLOCK
     acc = 0.0
     while i < n:
-        acc += float64(w[i])
+        if round32 != 0:
+            acc += float64(float32(w[i]))
+        else:
+            acc += float64(w[i])
         i += step
     store_block(acc, 0, sh, shf, partials, fparts, result, fres, 0, 0.0, partials, 1.0)
 
