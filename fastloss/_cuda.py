@@ -1029,18 +1029,11 @@ class _Shape:
 
 
 def _checked_option_array(loss, o, v, cx):
-    """A per-element option given as a device array, checked on the host as the CPU checks a
-    NumPy one (a read that waits for the stream; such arrays are usually small, a row or a
-    column broadcast against pred): (device buffer, float64 host copy)."""
+    """A per-element option given as a device array, checked on the host by the CPU's own check
+    (a read that waits for the stream; such arrays are usually small, a row or a column
+    broadcast against pred): (device buffer, float64 host copy)."""
     b = cx.describe(v, o.name)
-    if b.dtype.kind not in "fiu":
-        raise TypeError(f"{loss.name}: {o.name} must be a real number or array, got dtype {b.dtype}")
-    h = cx.to_host(b).astype(np.float64)
-    if np.isnan(h).any():
-        raise ValueError(f"{loss.name}: {o.name} has NaN values")
-    if o.check is not None and not np.all(o.check(h)):
-        raise ValueError(f"{loss.name}: every {o.name} must be {o.rule}")
-    return b, h
+    return b, o.check_array(loss.name, cx.to_host(b))
 
 
 def _option_array(loss, o, b, shape, cx):
@@ -1062,10 +1055,6 @@ def _option_array(loss, o, b, shape, cx):
     return dst.flat
 
 
-def _is_number(v):
-    return isinstance(v, (float, np.floating, int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     name = loss.name
     shape = p.shape
@@ -1075,7 +1064,7 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     # per-element options given as device arrays: checked first, and a user's validate gets
     # their float64 host copies, as it gets NumPy arrays on the CPU
     arrays = {o.name: _checked_option_array(loss, o, opts[o.name], cx) for o in loss.options
-              if not o.host and o.kind is not bool and not _is_number(opts[o.name])}
+              if not o.host and o.kind is not bool and _arrays.on_device(opts[o.name])}
     if loss.validate is not None:
         loss.validate({**opts, **{k: h for k, (_, h) in arrays.items()}})
     if "axis" in opts:  # kl_div: its class axis must be valid, weights or not (as on the CPU)
@@ -1290,7 +1279,8 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     den_host = float(R)
     gscale = 1.0 if rmode == 0 else (1.0 / R if R else 0.0)
 
-    gl = _grid(max(R if labels is not None else 0, cw.size if check else 0), cx) if (check or den_labels) else 0
+    checked = max(R if labels is not None else 0, cw.size if check else 0)  # labels_kernel's loop
+    gl = _grid(checked, cx) if (check or den_labels) else 0
     gsw = _grid(R, cx) if den_dev and not den_labels else 0
     gcw = _grid(C, cx) if need_cwsum else 0
     total = ((g if g > 1 and reduce_val else 0) + (1 if check else 0) + (gl if gl > 1 and check else 0)

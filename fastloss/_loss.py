@@ -62,6 +62,18 @@ class Option:
         # the focal loss's default gamma = 2, where u**gamma is u*u instead of exp(gamma log u).
         self.fast = tuple(float(v) for v in fast)
 
+    def check_array(self, loss_name, arr):
+        """A per-element option given as a NumPy array (a host copy, for one on the GPU): as
+        float64, once its dtype, NaNs and ``check`` have passed."""
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{loss_name}: {self.name} must be a real number or array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+        if np.isnan(arr).any():
+            raise ValueError(f"{loss_name}: {self.name} has NaN values")
+        if self.check is not None and not np.all(self.check(arr)):
+            raise ValueError(f"{loss_name}: every {self.name} must be {self.rule}")
+        return arr
+
     def convert(self, loss_name, value):
         if value is None and self.none_as is not None:
             value = self.none_as
@@ -86,14 +98,7 @@ class Option:
         if self.array and not np.isscalar(value) and value is not None:
             arr = _arrays.to_numpy(value, self.name)
             if arr.ndim > 0:
-                if arr.dtype.kind not in "fiu":
-                    raise TypeError(f"{loss_name}: {self.name} must be a real number or array, got dtype {arr.dtype}")
-                arr = arr.astype(np.float64)
-                if np.isnan(arr).any():
-                    raise ValueError(f"{loss_name}: {self.name} has NaN values")
-                if self.check is not None and not np.all(self.check(arr)):
-                    raise ValueError(f"{loss_name}: every {self.name} must be {self.rule}")
-                return arr
+                return self.check_array(loss_name, arr)
             value = arr[()]
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise TypeError(f"{loss_name}: {self.name} must be a real number, got {value!r}")

@@ -138,8 +138,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
             grow = grad[r]
             gs = sw * scale
             e_y = np.float64(grow[y])  # exp(x_y − m), kept there by _sum_exp_into
-            # the smoothing terms only where ε ≠ 0: 0 · Σw would be NaN for an infinite class weight
-            a = (1.0 - smoothing) * wy + (smoothing / C * cw_sum if smoothing != 0.0 else 0.0)
+            a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
             _scale(grow, dt(a * gs / s))
             if smoothing != 0.0:
                 e = smoothing / C * gs
@@ -148,7 +147,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
             # The label's entry in float64, with softmax_y − 1 as (e_y − s) / s: rounded to the
             # data's dtype first, it cancels to 0 for a confident row (x = [20, 0] in float32).
             gy = (1.0 - smoothing) * wy * ((e_y - s) / s)
-            if smoothing != 0.0:
+            if smoothing != 0.0:  # (0 times an infinite w_y would be NaN)
                 gy += smoothing / C * (cw_sum * e_y / s - wy)
             grow[y] = dt(gs * gy)
     return total

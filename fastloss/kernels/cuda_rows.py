@@ -164,8 +164,9 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
         if has_g and r < R:
             if live:
                 gs = swr * scale
-                # the smoothing terms only where eps != 0: 0 * inf (an infinite weight) is NaN
-                a = CT(((1.0 - eps) * wy + (epsc * W if eps != 0.0 else 0.0)) * gs)
+                # (W is C without smoothing; the smoothing terms only where eps != 0, since
+                # 0 times an infinite weight is NaN)
+                a = CT(((1.0 - eps) * wy + epsc * W) * gs)
                 b = CT(epsc * gs if eps != 0.0 else 0.0)
                 # the label's entry in float64, softmax_y - 1 as (e_y - s) / s: in the compute
                 # dtype it cancels to 0 for a confident row

@@ -144,7 +144,8 @@ class CrossEntropy(_RowLoss):
                 ew[kept] *= sw[kept]
             wsum = float(ew.sum())
             scale = _grad_scale(wsum, reduction)
-            cw_sum = float(C if cw is None else cw.sum())
+            # Σ_c w_c enters the smoothing terms only (not computed without: 0 · inf would be NaN)
+            cw_sum = float(C if cw is None else cw.sum()) if eps != 0.0 else 0.0
             head = (x, labels, cw, sw, ignore, eps, cw_sum)
             total = self._launch(cpu_rows.ce_labels_rows, cpu_rows.ce_labels_par, head, vals, grad, scale, R, C)
         elif t.dtype.kind == "f" or t.dtype.kind == "b":
