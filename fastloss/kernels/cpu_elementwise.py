@@ -126,26 +126,25 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
 """
 
 
+# grad_chunk's per-element work, written once for its two loops below, which name the element
+# differently: {t}, {p}, {w}, {g} are element i of target, pred, the weights and grad, or
+# element j of a block's views; {opts} the options there ({{...}}: the kernel's placeholders).
+_GRAD_WORK = """\
+t = {t}
+g = {{deriv}}({p}, t, {{{opts}}}) * scale
+if weight is not None:
+    g = g * {w}
+{g} = g
+{{FLAGS}}"""
+
 # grad_chunk's loop: a plain map, which LLVM vectorises with exp and log inlined.
-_GRAD_LOOP = """\
-for i in range(pred.size):
-    t = target[i]
-    g = {deriv}(pred[i], t, {PI}) * scale
-    if weight is not None:
-        g = g * wv[i]
-    grad[i] = g
-    {FLAGS}"""
+_GRAD_LOOP = "for i in range(pred.size):\n" + textwrap.indent(
+    _GRAD_WORK.format(t="target[i]", p="pred[i]", w="wv[i]", g="grad[i]", opts="PI"), "    ")
 
 # The same map block by block, for a derivative with a binary-target variant ({deriv} is either):
 # only then: blocks cost the arithmetic losses' gradient 8-15% per element in cache (mse, huber),
-# and so did one loop over the whole chunk written with this step's names (mse 8%).
-_GRAD_STEP = """\
-t = tb[j]
-g = {deriv}(pb[j], t, {PJ}) * scale
-if weight is not None:
-    g = g * wb[j]
-gb[j] = g
-{FLAGS}"""
+# and so did one loop over the whole chunk written with the block's names (mse 8%).
+_GRAD_STEP = _GRAD_WORK.format(t="tb[j]", p="pb[j]", w="wb[j]", g="gb[j]", opts="PJ")
 
 # The per-element work of value_chunk and both_chunk: l (and g) for element j of the group views
 # pb, tb, (gb, wb, vb).
