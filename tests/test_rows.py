@@ -192,6 +192,38 @@ def test_ce_masked_logits(fl, dtype):
     assert np.isfinite(v) and np.all(np.isfinite(g))
 
 
+@pytest.mark.parametrize("C", [13, 37, 44, 100])
+def test_ce_smoothing_and_probs_exact_at_large_logits(fl, backend, C, rng):
+    """Σ_c w_c (lse − x_c), the label-smoothing and probability-target sum, within 1e-13 of a
+    float64 formula when the logits are large and close together: the GPU formed it as
+    W·max − Σ w_c x_c, which cancels (1e-9 relative at logits near 1e8 in float64). Rows
+    with −inf logits (masked classes, first and last in the row) make the sum infinite. (On the
+    GPU: C = 13 a thread per row, 37 and 44 a warp, 100 a block; 44 and 100 read 4-vectors.)"""
+    dev = backend.to_backend
+    R = 6
+    x = 1e8 + rng.standard_normal((R, C))
+    x[4, :5] = -np.inf  # seen before any finite logit
+    x[5, -3:] = -np.inf
+    y = rng.integers(0, C, R)
+    y[4] = 7
+    cw = rng.uniform(0.5, 2.0, C)
+    m = x.max(1, keepdims=True)
+    log_s = np.log(np.exp(x - m).sum(1, keepdims=True))
+    nll = (m - x) + log_s  # lse − x_c, as non-negative terms
+    eps = 0.2
+    expected = (1 - eps) * cw[y] * nll[np.arange(R), y] + eps / C * (cw * nll).sum(1)
+    v = backend.to_numpy(fl.cross_entropy(dev(x), dev(y), class_weight=dev(cw), label_smoothing=eps,
+                                          reduction="none"))
+    np.testing.assert_allclose(v, expected, rtol=1e-13)
+    assert np.all(np.isinf(v[4:]))
+    probs = rng.dirichlet(np.ones(C), R)
+    t = (1 - eps) * probs + eps / C
+    expected = (cw * t * nll).sum(1)
+    v = backend.to_numpy(fl.cross_entropy(dev(x), dev(probs), class_weight=dev(cw), label_smoothing=eps,
+                                          reduction="none"))
+    np.testing.assert_allclose(v, expected, rtol=1e-13)
+
+
 @pytest.mark.parametrize("dtype,big", [(np.float32, 1e4), (np.float64, 1e300)])
 def test_ce_huge_logits(fl, dtype, big):
     pred = np.array([[big, -big, 0.0], [-big, big, big], [big, big, -big]], dtype=dtype)

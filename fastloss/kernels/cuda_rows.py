@@ -60,11 +60,38 @@ def online4(m, s, v0, v1, v2, v3):
 
 
 @DEVICE_JIT
-def wx(cw, c, v, has_cw):
-    # w_c x_c in float64 (label smoothing's sum)
+def shifted(d, wr, m_old, m_new):
+    # The smoothing sum d = Σ w_c (m − x_c) is kept relative to the running max m (non-negative
+    # terms: W m − Σ w_c x_c cancels when the logits are large and close); when m grows, each
+    # term so far grows by w_c (m_new − m_old). wr = Σ w_c of those terms (0 while m = −inf).
+    if m_new > m_old and wr != 0.0:
+        d += wr * (float64(m_new) - float64(m_old))
+    return d
+
+
+@DEVICE_JIT
+def add_shifted(d, wr, w, m, v):
+    # one more term w (m − v) of the smoothing sum, v ≤ m; a −inf logit's term is w·inf (NaN for
+    # w = 0, as on the CPU) whatever m becomes, and stays out of wr
+    if v == NEG_INF:
+        return d + w * math.inf, wr
+    return d + w * (float64(m) - float64(v)), wr + w
+
+
+@DEVICE_JIT
+def add4_shifted(d, wr, cw, c, step, m, v0, v1, v2, v3, has_cw):
+    # four terms, classes c, c + step, c + 2 step, c + 3 step
+    w0 = w1 = w2 = w3 = 1.0
     if has_cw:
-        return float64(cw[c]) * float64(v)
-    return float64(v)
+        w0 = float64(cw[c])
+        w1 = float64(cw[c + step])
+        w2 = float64(cw[c + 2 * step])
+        w3 = float64(cw[c + 3 * step])
+    d, wr = add_shifted(d, wr, w0, m, v0)
+    d, wr = add_shifted(d, wr, w1, m, v1)
+    d, wr = add_shifted(d, wr, w2, m, v2)
+    d, wr = add_shifted(d, wr, w3, m, v3)
+    return d, wr
 
 
 @DEVICE_JIT
@@ -108,10 +135,12 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
         bad = (not skip) and (y < 0 or y >= C)
         live = (not skip) and (not bad)
         ro = r * C
-        # pass 1: running max m and sum s of exp(x - m); the label's logit; sum of w_c x_c
+        # pass 1: running max m and sum s of exp(x - m); the label's logit; with smoothing the
+        # sum d of w_c (m - x_c) (wr: the weight of its terms)
         m = NEG_INF
         s = 0.0
-        sx = 0.0
+        d = 0.0
+        wr = 0.0
         xy = 0.0
         if live:
             if GS == BLOCK or y % GS == lane:
@@ -126,16 +155,22 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                 v1 = CT(x[r, c + GS])
                 v2 = CT(x[r, c + 2 * GS])
                 v3 = CT(x[r, c + 3 * GS])
+                m0 = m
                 m, s = online4(m, s, v0, v1, v2, v3)
                 if eps != 0.0:
-                    sx += ((wx(cw, c, v0, has_cw) + wx(cw, c + GS, v1, has_cw))
-                           + (wx(cw, c + 2 * GS, v2, has_cw) + wx(cw, c + 3 * GS, v3, has_cw)))
+                    d = shifted(d, wr, m0, m)
+                    d, wr = add4_shifted(d, wr, cw, c, GS, m, v0, v1, v2, v3, has_cw)
                 c += 4 * GS
             while c < C:
                 v = CT(x[r, c])
+                m0 = m
                 m, s = online1(m, s, v)
                 if eps != 0.0:
-                    sx += wx(cw, c, v, has_cw)
+                    d = shifted(d, wr, m0, m)
+                    w = 1.0
+                    if has_cw:
+                        w = float64(cw[c])
+                    d, wr = add_shifted(d, wr, w, m, v)
                 c += GS
         mx = CT(group_max(float64(m), sh))
         if m != NEG_INF:
@@ -144,7 +179,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
         if GS != BLOCK:
             xy = group_sum(xy, sh)
         if eps != 0.0:
-            sx = group_sum(sx, sh)
+            d = group_sum(shifted(d, wr, m, mx), sh)  # each lane's terms relative to the row's max
         l = 0.0
         wy = 1.0
         swr = 1.0
@@ -158,7 +193,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
             # of a confident row's loss
             l = (1.0 - eps) * wy * ((float64(mx) - xy) + ls)
             if eps != 0.0:
-                l += epsc * (W * (float64(mx) + ls) - sx)
+                l += epsc * (W * ls + d)
             l = l * swr
         # pass 2: the gradient, (a softmax_c - b w_c) minus the label's term
         if has_g and r < R:
@@ -249,16 +284,19 @@ def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, d
     while base < R:
         r = base + tid // GS
         live = r < R
-        # pass 1: online softmax; A = sum w_c t'_c, B = sum w_c t'_c x_c over t'_c != 0
+        # pass 1: online softmax; A = sum w_c t'_c and D = sum w_c t'_c (m - x_c) over t'_c != 0
+        # (wr: the weight of D's terms)
         m = NEG_INF
         s = 0.0
         sa = 0.0
-        sb = 0.0
+        d = 0.0
+        wr = 0.0
         if live:
             for c in range(lane, C, GS):
                 v = CT(x[r, c])
                 if v > m:
                     s = s * math.exp(m - v) + 1.0
+                    d = shifted(d, wr, m, v)
                     m = v
                 elif v != NEG_INF:
                     s += math.exp(v - m)
@@ -268,21 +306,20 @@ def ce_probs(x, probs, cw, sw, eps, R, C, vals, grad, rmode, gscale, den_host, d
                     if has_cw:
                         wt = float64(cw[c]) * tc
                     sa += wt
-                    sb += wt * float64(v)
+                    d, wr = add_shifted(d, wr, wt, m, v)
         mx = group_max(float64(m), sh)
         if m != NEG_INF:
             s = s * math.exp(float64(m) - mx)
         s = group_sum(s, sh)
         sa = group_sum(sa, sh)
-        sb = group_sum(sb, sh)
+        d = group_sum(shifted(d, wr, m, mx), sh)
         swr = 1.0
         l = 0.0
         if live:
             if has_sw:
                 swr = float64(sw[r])
-            # sum w t' (lse - x) = A log s + (A m - B): not A (m + log s) - B, which rounds
-            # log s at ulp(m) first
-            l = (sa * math.log(s) + (sa * mx - sb)) * swr
+            # sum w t' (lse - x) = A log s + D, non-negative terms
+            l = (sa * math.log(s) + d) * swr
         if has_g and live:
             gs = swr * scale
             k = sa / s
@@ -397,7 +434,8 @@ def _tree(terms):
 def _p1_vec(uv, ind):
     """Pass 1 over the row's vectors: ``uv`` vectors (4 uv values) loaded per thread before any is
     used, one max over them, at most one rescale, their exponentials summed in the compute dtype
-    and added to the float64 running sum; then the thread's last vectors one at a time."""
+    and added to the float64 running sum (and with smoothing their terms w_c (m - x_c)); then the
+    thread's last vectors one at a time."""
     def group(nvec, step_expr):
         n = 4 * nvec
         out = []
@@ -419,12 +457,14 @@ def _p1_vec(uv, ind):
             level = nxt
         out += [f"if {level[0]} > m:",
                 f"    s = s * float64(math.exp(m - {level[0]}))",
+                f"    d = shifted(d, wr, m, {level[0]})",
                 f"    m = {level[0]}",
                 "if m != NEG_INF:",
                 "    s += float64(" + _tree([f"math.exp({v} - m)" for v in vals]) + ")",
                 "if eps != 0.0:"]
-        idx = [(f"4 * ({f'k + {u} * GS' if u else 'k'}) + {e}", f"q{u}{e}") for u in range(nvec) for e in range(4)]
-        out.append("    sx += " + _tree([f"wx(cw, {i}, {v}, has_cw)" for i, v in idx]))
+        for u in range(nvec):
+            qs = ", ".join(f"q{u}{e}" for e in range(4))
+            out.append(f"    d, wr = add4_shifted(d, wr, cw, 4 * ({f'k + {u} * GS' if u else 'k'}), 1, m, {qs}, has_cw)")
         out.append(f"k += {step_expr}")
         return out
     pad = " " * ind
