@@ -325,6 +325,19 @@ def test_kl_div_batchmean_weighted_3d(fl, rng):
                  np.sum(w * L) / (4 * np.sum(w)), np.float64)
 
 
+@pytest.mark.parametrize("shape,expected", [((3, 0), 0.0), ((0, 3), np.nan), ((2, 0, 4), 0.0), ((0, 0), np.nan)])
+def test_kl_div_batchmean_without_elements(fl, backend, shape, expected):
+    """PyTorch's batchmean is sum / pred.shape[0]: 0 / 3 = 0 for a (3, 0) input (it was NaN:
+    the denominator was the element count), 0 / 0 = NaN for (0, 3)."""
+    x = np.zeros(shape)
+    v, g = fl.kl_div.value_and_grad(backend.to_backend(x), backend.to_backend(x), reduction="batchmean")
+    np.testing.assert_equal(float(backend.to_numpy(v)), expected)
+    assert backend.to_numpy(g).shape == shape
+    torch = pytest.importorskip("torch")
+    t = torch.zeros(shape, dtype=torch.float64)
+    np.testing.assert_equal(torch.nn.functional.kl_div(t, t, reduction="batchmean").item(), expected)
+
+
 def test_kl_div_zero_target(fl):
     lp = np.log(np.array([[0.5, 0.25, 0.25]]))
     t = np.array([[1.0, 0.0, 0.0]])

@@ -231,10 +231,12 @@ class KLDiv(ElementwiseLoss):
         if reduction != "batchmean":
             return wsum
         # PyTorch's batchmean is sum / pred.shape[0]; with row weights, the weighted mean over
-        # rows times rows per batch item, which is the same when every weight is 1.
+        # rows times rows per batch item, which is the same when every weight is 1. Without
+        # elements the sum is 0, and so is the result unless pred.shape[0] is 0 (PyTorch: (3, 0)
+        # gives 0, (0, 3) NaN; wsum, 0 then, was no denominator).
         n = int(np.prod(shape))
         batch = shape[0] if shape else 1
-        return wsum * batch / n if n else wsum
+        return wsum * batch / n if n else float(batch)
 
 
 kl_div = KLDiv("kl_div", kl_div_value, kl_div_deriv, options=(
