@@ -983,7 +983,6 @@ def run(loss, op, pred, target, sample_weight, reduction, opts, out, stream):
     if cuda is None:
         _init()
     p = _describe(pred, "pred")
-    _pred_dtype(p)
     cx = _Call(loss, p, stream)
     if _NGPUS > 1 and p.dev is not None:  # pragma: no cover - needs several GPUs
         with cuda.gpus[p.dev]:
@@ -992,19 +991,46 @@ def run(loss, op, pred, target, sample_weight, reduction, opts, out, stream):
 
 
 def _dispatch(loss, op, cx, p, target, sample_weight, reduction, opts, out):
+    # The checks in the CPU's order (fastloss/_loss.py, Loss._run), so that a call with several
+    # bad arguments gets the same error on both backends: options, pred's dtype, the target's
+    # type, out=, the sample weight's type; each path then goes on as the CPU's _compute does.
+    opts, arrays = _device_options(loss, opts, cx)
+    _pred_dtype(p)
+    t = cx.describe(target, "target")
+    o_buf = _check_out(out, p.shape, p.dtype, cx) if out is not None and op != VALUE else None
+    wb = cx.describe(sample_weight, "sample_weight") if sample_weight is not None else None
     if isinstance(loss, ElementwiseLoss):
-        return _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, out)
+        return _run_elementwise(loss, op, cx, p, t, wb, reduction, opts, arrays, out, o_buf)
     from .losses.multiclass import CrossEntropy, MultiMargin
     if isinstance(loss, (CrossEntropy, MultiMargin)):
-        return _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out)
+        return _run_rows(loss, op, cx, p, t, wb, reduction, opts, out, o_buf)
     raise TypeError(f"{loss.name}: this loss has no CUDA implementation")
 
 
+def _device_options(loss, opts, cx):
+    """Per-element options given as device arrays, checked on the host by the CPU's own checks
+    (a read that waits for the stream; such arrays are usually small, a row or a column
+    broadcast against pred): (opts, {name: (device buffer, float64 host copy)}). A 0-d array is
+    a number, as on the CPU: opts then holds it as a float."""
+    arrays = {}
+    for o in loss.options:
+        v = opts[o.name]
+        if o.host or o.kind is bool or not _arrays.on_device(v):
+            continue
+        b = cx.describe(v, o.name)
+        host = cx.to_host(b)
+        if host.ndim == 0:
+            opts = {**opts, o.name: o.convert(loss.name, host[()])}
+        else:
+            arrays[o.name] = (b, o.check_array(loss.name, host))
+    return opts, arrays
+
+
 # -- elementwise losses ---------------------------------------------------------------------------
-def _elementwise_weights(loss, w, shape, opts, cx):
-    """(weights, wdiv, winner, multiplier of Σw): per element, or per row for kl_div."""
-    from .losses.multiclass import KLDiv, _class_axis
-    wb = _real(cx.describe(w, "sample_weight"), "sample_weight")
+def _elementwise_weights(loss, wb, shape, opts, cx):
+    """(weights, wdiv, winner, multiplier of Σw): per element, or per row for kl_div. The shape
+    is checked before the dtype, as on the CPU."""
+    from .losses.multiclass import KLDiv, _class_axis, _Shape
     if isinstance(loss, KLDiv):
         if shape:
             axis = _class_axis(loss.name, _Shape(shape), opts["axis"])
@@ -1013,27 +1039,12 @@ def _elementwise_weights(loss, w, shape, opts, cx):
         else:
             lead, c, inner = (), 1, 1
         if wb.shape != lead:
-            raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected pred's leading shape "
-                             f"{lead} (one weight per row)")
-        return _contig(wb, cx).flat, max(c * inner, 1), max(inner, 1), float(c)
+            want = "() for a 0-d pred" if not shape else f"pred's leading shape {lead} (one weight per row)"
+            raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected {want}")
+        return _contig(_real(wb, "sample_weight"), cx).flat, max(c * inner, 1), max(inner, 1), 1.0
     if wb.shape != tuple(shape):
         raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected pred's shape {tuple(shape)}")
-    return _contig(wb, cx).flat, 1, 1, 1.0
-
-
-class _Shape:
-    """Stands in for an array where only ``ndim`` is read (multiclass._class_axis)."""
-
-    def __init__(self, shape):
-        self.ndim = len(shape)
-
-
-def _checked_option_array(loss, o, v, cx):
-    """A per-element option given as a device array, checked on the host by the CPU's own check
-    (a read that waits for the stream; such arrays are usually small, a row or a column
-    broadcast against pred): (device buffer, float64 host copy)."""
-    b = cx.describe(v, o.name)
-    return b, o.check_array(loss.name, cx.to_host(b))
+    return _contig(_real(wb, "sample_weight"), cx).flat, 1, 1, 1.0
 
 
 def _option_array(loss, o, b, shape, cx):
@@ -1055,21 +1066,19 @@ def _option_array(loss, o, b, shape, cx):
     return dst.flat
 
 
-def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, out):
+def _run_elementwise(loss, op, cx, p, t, wb, reduction, opts, arrays, out, o_buf):
     name = loss.name
     shape = p.shape
-    t = _real(cx.describe(target, "target"), "target")
+    if "axis" in opts:  # kl_div: its class axis must be valid, weights or not (as on the CPU)
+        from .losses.multiclass import _class_axis, _Shape
+        _class_axis(name, _Shape(shape or (1,)), opts["axis"])
     if t.shape != shape:
         raise ValueError(f"{name}: target has shape {t.shape}, expected pred's shape {shape}")
-    # per-element options given as device arrays: checked first, and a user's validate gets
-    # their float64 host copies, as it gets NumPy arrays on the CPU
-    arrays = {o.name: _checked_option_array(loss, o, opts[o.name], cx) for o in loss.options
-              if not o.host and o.kind is not bool and _arrays.on_device(opts[o.name])}
+    # a user's validate gets the float64 host copies of device option arrays, as it gets NumPy
+    # arrays on the CPU
     if loss.validate is not None:
         loss.validate({**opts, **{k: h for k, (_, h) in arrays.items()}})
-    if "axis" in opts:  # kl_div: its class axis must be valid, weights or not (as on the CPU)
-        from .losses.multiclass import _class_axis
-        _class_axis(name, _Shape(shape or (1,)), opts["axis"])
+    t = _real(t, "target")
     n = p.size
     rdt = p.dtype
     ct = "float64" if rdt == _F64 else "float32"
@@ -1078,8 +1087,8 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
 
     E64, EI = _empty(_F64), _empty(_I64)
     w, wdiv, winner, wmul = E64, 1, 1, 1.0
-    if sample_weight is not None:
-        w, wdiv, winner, wmul = _elementwise_weights(loss, sample_weight, shape, opts, cx)
+    if wb is not None:
+        w, wdiv, winner, wmul = _elementwise_weights(loss, wb, shape, opts, cx)
 
     # Options: scalars travel as float64 and are cast to the compute dtype in the kernel (as the
     # CPU passes them in the compute dtype); arrays as device arrays; booleans are constants of
@@ -1102,7 +1111,9 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     reduce_val = op != GRAD and reduction != "none"
     flags_on = loss.target_flags is not None and n > 0
     rmode = 0 if reduction in ("sum", "none") else 1
-    den_host = float(loss._denominator(reduction, float(n), shape, opts)) if rmode else float(n)
+    # (the unweighted Σw: n, or kl_div's number of rows)
+    den_host = float(loss._denominator(reduction, loss._weights(None, shape, None, opts)[1], shape, opts)) \
+        if rmode else float(n)
     gscale = 1.0 if rmode == 0 else (1.0 / den_host if den_host != 0 else 0.0)
     weighted = w.size != 0
     need_den = rmode == 1 and weighted and n > 0
@@ -1124,10 +1135,9 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
     res_flat = res.view((1,)) if res is not None else _empty(rdt)
     vals = cx.alloc(shape, rdt) if op != GRAD and reduction == "none" else None
     vals_flat = vals.flat if vals is not None else _empty(rdt)
-    grad = o_buf = None
+    grad = None
     if op != VALUE:
-        if out is not None:
-            o_buf = _check_out(out, shape, rdt, cx)
+        if o_buf is not None:
             # As on the CPU, a loss that checks its targets in the kernel does not write into the
             # caller's buffer before the check has passed: its own buffer, copied on success.
             # (weights given per row, wdiv > 1, are read by every thread of the row)
@@ -1191,7 +1201,7 @@ def _run_elementwise(loss, op, cx, p, target, sample_weight, reduction, opts, ou
 
 
 # -- row losses -----------------------------------------------------------------------------------
-def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
+def _run_rows(loss, op, cx, p, t, wb, reduction, opts, out, o_buf):
     from .losses.multiclass import CrossEntropy, _class_axis
     name = loss.name
     shape = p.shape
@@ -1215,21 +1225,20 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
         _gather(b, moved, _moved_strides(st, axis), dst.flat, cx)
         return dst
 
-    x = rows_of(p)
     cwo = opts["class_weight"]
     cw = E64
     if cwo is not None:
-        cw = _real(cx.describe(cwo, "class_weight"), "class_weight")
+        cw = cx.describe(cwo, "class_weight")
         if cw.shape != (C,):
             raise ValueError(f"{name}: class_weight has shape {cw.shape}, expected ({C},) (one weight per class)")
-        cw = _contig(cw, cx).flat
+        cw = _contig(_real(cw, "class_weight"), cx).flat
     sw = E64
-    if sample_weight is not None:
-        sw = _real(cx.describe(sample_weight, "sample_weight"), "sample_weight")
-        if sw.shape != lead:
-            raise ValueError(f"{name}: sample_weight has shape {sw.shape}, expected pred's leading shape {lead} "
+    if wb is not None:
+        if wb.shape != lead:
+            raise ValueError(f"{name}: sample_weight has shape {wb.shape}, expected pred's leading shape {lead} "
                              "(one weight per row)")
-        sw = _contig(sw, cx).flat
+        sw = _contig(_real(wb, "sample_weight"), cx).flat
+    x = rows_of(p)
 
     if C <= _config.CUDA_ROW_THREAD_MAX_C:  # a thread per row
         group, rblock, cap = 1, cx.block, int(_config.CUDA_MAX_BLOCKS)
@@ -1243,7 +1252,6 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     reduce_val = op != GRAD and reduction != "none"
     rmode = 0 if reduction in ("sum", "none") else 1
 
-    t = cx.describe(target, "target")
     is_ce = isinstance(loss, CrossEntropy)
     labels = probs = None
     if not is_ce:  # multi_margin: labels only
@@ -1296,12 +1304,9 @@ def _run_rows(loss, op, cx, p, target, sample_weight, reduction, opts, out):
     res_flat = res.view((1,)) if res is not None else _empty(rdt)
     vals = cx.alloc(lead, rdt) if op != GRAD and reduction == "none" else None
     vals_flat = vals.flat if vals is not None else _empty(rdt)
-    o_buf = None
     grad2 = _empty(rdt).view((0, 0))
     direct = False
     if op != VALUE:
-        if out is not None:
-            o_buf = _check_out(out, shape, rdt, cx)
         if axis == nd - 1 and (o_buf is None or (o_buf.strides is None
                                                  and not _unsafe_alias(o_buf, (x, t), shared=(cw, sw)))):
             gbuf = o_buf if o_buf is not None else cx.alloc(shape, rdt)

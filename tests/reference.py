@@ -325,7 +325,7 @@ def kl_div(pred, target, log_target=False, axis=-1, reduction="mean", sample_wei
     Row loss L_r = sum over the class axis. "none" gives w_r * pointwise (pred's shape, as
     PyTorch, each row weight applied to the row's C elements), "sum" sum_r w_r L_r,
     "mean" sum_r w_r L_r / (C sum_r w_r), "batchmean" (sum_r w_r L_r / sum_r w_r) R / pred.shape[0]
-    (unweighted: total / pred.shape[0])."""
+    (unweighted: total / pred.shape[0]; without rows 0 / pred.shape[0])."""
     pred_shape = np.shape(pred)
     x = _row_shapes(pred, axis)
     t = np.moveaxis(_f64(target), axis, -1)
@@ -345,6 +345,8 @@ def kl_div(pred, target, log_target=False, axis=-1, reduction="mean", sample_wei
     sw = np.ones(lead) if sample_weight is None else _f64(sample_weight)
     if reduction == "batchmean":
         n0 = pred_shape[0] if len(pred_shape) else 1
+        if R == 0:  # no rows: PyTorch's sum / pred.shape[0]
+            return (0.0 if n0 else float("nan")), np.zeros(pred_shape)
         W = float(np.sum(sw))
         if W == 0.0:
             return float("nan"), np.zeros(pred_shape)

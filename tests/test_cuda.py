@@ -58,8 +58,8 @@ def _small_launches():
 class Numba:
     name = "numba"
 
-    def dev(self, x):
-        return None if x is None else cuda.to_device(np.ascontiguousarray(x))
+    def dev(self, x):  # (0-d stays 0-d: np.ascontiguousarray alone makes it 1-d)
+        return None if x is None else cuda.to_device(np.ascontiguousarray(x).reshape(np.shape(x)))
 
     def host(self, x):
         return x.copy_to_host()
@@ -76,7 +76,7 @@ class Cupy:
         self.cp = cupy
 
     def dev(self, x):
-        return None if x is None else self.cp.asarray(np.ascontiguousarray(x))
+        return None if x is None else self.cp.asarray(np.ascontiguousarray(x).reshape(np.shape(x)))
 
     def host(self, x):
         return self.cp.asnumpy(x)
@@ -93,7 +93,7 @@ class Torch:
         self.torch = torch
 
     def dev(self, x):
-        return None if x is None else self.torch.from_numpy(np.ascontiguousarray(x)).to("cuda")
+        return None if x is None else self.torch.from_numpy(np.ascontiguousarray(x).reshape(np.shape(x))).to("cuda")
 
     def host(self, x):
         return x.detach().cpu().numpy()
@@ -497,6 +497,24 @@ def _bad_input_cases(fl):
         ("hinge NaN margin", lambda d: fl.hinge(d(np.zeros(3)), d(np.ones(3)), margin=d(nan_margin))),
         ("huber NaN delta", lambda d: fl.huber.grad(d(np.zeros(3)), d(np.ones(3)), delta=d(nan_margin))),
         ("user NaN param", lambda d: scaled(d(np.zeros(3)), d(np.ones(3)), m=d(nan_margin))),
+        # several bad arguments: the first in the CPU's order of checks wins (the GPU checked
+        # in an order of its own); 0-d option arrays are numbers (the GPU checked them as arrays)
+        ("complex sample_weight of a wrong shape", lambda d: fl.mse(d(np.zeros(5)), d(np.ones(5)),
+                                                                    sample_weight=d(np.zeros(3, complex)))),
+        ("complex class_weight of a wrong shape", lambda d: fl.cross_entropy(d(x3), d(np.array([0, 1, 2])),
+                                                                            class_weight=d(np.zeros(2, complex)))),
+        ("out of a wrong shape, target too", lambda d: fl.mse.grad(d(np.zeros(5)), d(np.zeros(4)), out=d(np.zeros(3)))),
+        ("out of a wrong dtype, weights of a wrong shape",
+         lambda d: fl.mse.grad(d(np.zeros(5)), d(np.ones(5)), sample_weight=d(np.zeros(2)),
+                               out=d(np.zeros(5, np.float32)))),
+        ("out of a wrong shape, labels out of range",
+         lambda d: fl.cross_entropy.grad(d(x3), d(np.array([0, 9, 1])), out=d(np.zeros((4, 3))))),
+        ("NaN delta array, target of a wrong shape",
+         lambda d: fl.huber(d(np.zeros(5)), d(np.zeros(4)), delta=d(np.full(5, np.nan)))),
+        ("0-d delta array below 0", lambda d: fl.huber(d(np.zeros(5)), d(np.ones(5)), delta=d(np.array(-1.0)))),
+        ("0-d NaN margin array", lambda d: fl.hinge(d(np.zeros(5)), d(np.ones(5)), margin=d(np.array(np.nan)))),
+        ("kl_div 0-d pred, weights of a wrong shape",
+         lambda d: fl.kl_div(d(np.array(0.0)), d(np.array(0.5)), sample_weight=d(np.zeros(2)))),
     ]
 
 
@@ -510,6 +528,17 @@ def test_bad_inputs_raise_as_on_the_cpu(fl):
         with pytest.raises(on_cpu.type) as on_gpu:
             call(NB.dev)
         assert str(on_gpu.value) == str(on_cpu.value), label
+
+
+def test_zero_dim_option_arrays_are_numbers(fl):
+    """A 0-d device array given as an option is the number it holds, as a 0-d NumPy array is
+    on the CPU (the GPU broadcast it as a per-element array, and checked it as one)."""
+    p, t = np.linspace(-3, 3, 7), np.zeros(7)
+    for loss, opt, v in ((fl.huber, "delta", 0.5), (fl.hinge, "margin", 2.0), (fl.quantile, "q", 0.25)):
+        want = loss.value_and_grad(p, t, **{opt: v})
+        got = loss.value_and_grad(NB.dev(p), NB.dev(t), **{opt: NB.dev(np.array(v))})
+        assert_close(NB.host(got[0]), want[0], np.float64)
+        assert_close(NB.host(got[1]), want[1], np.float64)
 
 
 def test_user_validate_gets_host_arrays(fl):

@@ -340,7 +340,7 @@ def mean_denominator(c, weight, reduction):
         if reduction == "batchmean":
             n0 = c.shape[0]
             R = int(np.prod(c.lead))
-            return float(np.sum(sw)) * n0 / R if R else 0.0
+            return float(np.sum(sw)) * n0 / R if R else float(n0)  # no rows: sum / pred.shape[0]
         return C * float(np.sum(sw))
     y = np.asarray(c.target)
     if c.name == "cross_entropy" and y.dtype.kind in "iu":

@@ -328,7 +328,8 @@ def test_kl_div_batchmean_weighted_3d(fl, rng):
 @pytest.mark.parametrize("shape,expected", [((3, 0), 0.0), ((0, 3), np.nan), ((2, 0, 4), 0.0), ((0, 0), np.nan)])
 def test_kl_div_batchmean_without_elements(fl, backend, shape, expected):
     """PyTorch's batchmean is sum / pred.shape[0]: 0 / 3 = 0 for a (3, 0) input (it was NaN:
-    the denominator was the element count), 0 / 0 = NaN for (0, 3)."""
+    the denominator was the element count), 0 / 0 = NaN for (0, 3); without rows, (2, 0, 4),
+    0 / 2."""
     x = np.zeros(shape)
     v, g = fl.kl_div.value_and_grad(backend.to_backend(x), backend.to_backend(x), reduction="batchmean")
     np.testing.assert_equal(float(backend.to_numpy(v)), expected)

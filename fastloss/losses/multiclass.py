@@ -210,33 +210,44 @@ class KLDiv(ElementwiseLoss):
         return super()._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
 
     def _weights(self, w, shape, cdt, opts):
-        n = int(np.prod(shape))
-        if w is None:
-            return None, float(n)
+        """(per-element weights or None, Σ of the row weights: the number of rows unweighted)."""
         if not shape:  # a 0-d pred: one element, its own row
+            if w is None:
+                return None, 1.0
             if w.shape != ():
                 raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected () for a 0-d pred")
             wr = _arrays.as_real(w, "sample_weight", cdt).reshape(1)
             return wr, float(wr[0])
-        axis = _class_axis(self.name, np.empty(shape, dtype=np.bool_), opts["axis"])
+        axis = _class_axis(self.name, _Shape(shape), opts["axis"])
         lead = tuple(shape[:axis] + shape[axis + 1:])
+        if w is None:
+            return None, float(np.prod(lead))
         if w.shape != lead:
             raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected pred's leading shape {lead} "
                              "(one weight per row)")
         wr = _arrays.as_real(w, "sample_weight", cdt)
         full = _arrays.contiguous(np.broadcast_to(np.expand_dims(wr, axis), shape)).reshape(-1)
-        return full, float(wr.sum(dtype=np.float64)) * shape[axis]
+        return full, float(wr.sum(dtype=np.float64))
 
     def _denominator(self, reduction, wsum, shape, opts):
-        if reduction != "batchmean":
+        """What "mean" and "batchmean" divide by, from wsum = Σ of the row weights (R rows of C)."""
+        if not shape:  # a 0-d pred: one row of one element
             return wsum
+        axis = _class_axis(self.name, _Shape(shape), opts["axis"])
+        if reduction != "batchmean":
+            return wsum * shape[axis]  # "mean": over elements
         # PyTorch's batchmean is sum / pred.shape[0]; with row weights, the weighted mean over
-        # rows times rows per batch item, which is the same when every weight is 1. Without
-        # elements the sum is 0, and so is the result unless pred.shape[0] is 0 (PyTorch: (3, 0)
-        # gives 0, (0, 3) NaN; wsum, 0 then, was no denominator).
-        n = int(np.prod(shape))
-        batch = shape[0] if shape else 1
-        return wsum * batch / n if n else float(batch)
+        # rows times rows per batch item, the same when every weight is 1. Without rows there is
+        # nothing to average: sum / pred.shape[0], 0 for (3, 0, 4) (PyTorch), NaN for (0, 3).
+        R = math.prod(shape[:axis] + shape[axis + 1:])
+        return wsum * shape[0] / R if R else float(shape[0])
+
+
+class _Shape:
+    """Stands in for an array where only ``ndim`` is read (_class_axis)."""
+
+    def __init__(self, shape):
+        self.ndim = len(shape)
 
 
 kl_div = KLDiv("kl_div", kl_div_value, kl_div_deriv, options=(
