@@ -12,7 +12,9 @@ blocks stride over the rows:
 size and reduction path), so the compiler folds the choice away. Cross-entropy reads each row
 twice whatever C is: a first pass keeps a running max and a running sum of exponentials (online
 softmax, one read), the lanes combine their (max, sum) pairs, and the second pass writes the
-gradient (12 bytes per float32 element in all). multi_margin needs one pass.
+gradient (12 bytes per float32 element in all). Label smoothing and probability targets also
+need Σ w_c (lse − x_c) = W log s + Σ w_c (m − x_c): the last sum is kept against the running max
+in the same read (``shifted``), non-negative terms as on the CPU. multi_margin needs one pass.
 
 When C % 4 == 0 and the pointers are aligned (the host's ``vec``), cross_entropy reads each row
 as 4-element vectors (16 bytes for float32), ``_config.CUDA_ROW_VECTORS`` of them per thread in
