@@ -1028,8 +1028,8 @@ def _device_options(loss, opts, cx):
 
 # -- elementwise losses ---------------------------------------------------------------------------
 def _elementwise_weights(loss, wb, shape, opts, cx):
-    """(weights, wdiv, winner, multiplier of Σw): per element, or per row for kl_div. The shape
-    is checked before the dtype, as on the CPU."""
+    """(weights, wdiv, winner): per element, or per row for kl_div (whose Σ w is a sum over rows,
+    which its _denominator multiplies out). The shape is checked before the dtype, as on the CPU."""
     from .losses.multiclass import KLDiv, _class_axis, _Shape
     if isinstance(loss, KLDiv):
         if shape:
@@ -1041,10 +1041,10 @@ def _elementwise_weights(loss, wb, shape, opts, cx):
         if wb.shape != lead:
             want = "() for a 0-d pred" if not shape else f"pred's leading shape {lead} (one weight per row)"
             raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected {want}")
-        return _contig(_real(wb, "sample_weight"), cx).flat, max(c * inner, 1), max(inner, 1), 1.0
+        return _contig(_real(wb, "sample_weight"), cx).flat, max(c * inner, 1), max(inner, 1)
     if wb.shape != tuple(shape):
         raise ValueError(f"{loss.name}: sample_weight has shape {wb.shape}, expected pred's shape {tuple(shape)}")
-    return _contig(_real(wb, "sample_weight"), cx).flat, 1, 1, 1.0
+    return _contig(_real(wb, "sample_weight"), cx).flat, 1, 1
 
 
 def _option_array(loss, o, b, shape, cx):
@@ -1086,9 +1086,9 @@ def _run_elementwise(loss, op, cx, p, t, wb, reduction, opts, arrays, out, o_buf
     tf = _contig(t, cx).flat
 
     E64, EI = _empty(_F64), _empty(_I64)
-    w, wdiv, winner, wmul = E64, 1, 1, 1.0
+    w, wdiv, winner = E64, 1, 1
     if wb is not None:
-        w, wdiv, winner, wmul = _elementwise_weights(loss, wb, shape, opts, cx)
+        w, wdiv, winner = _elementwise_weights(loss, wb, shape, opts, cx)
 
     # Options: scalars travel as float64 and are cast to the compute dtype in the kernel (as the
     # CPU passes them in the compute dtype); arrays as device arrays; booleans are constants of
@@ -1117,7 +1117,7 @@ def _run_elementwise(loss, op, cx, p, t, wb, reduction, opts, arrays, out, o_buf
     gscale = 1.0 if rmode == 0 else (1.0 / den_host if den_host != 0 else 0.0)
     weighted = w.size != 0
     need_den = rmode == 1 and weighted and n > 0
-    den_mul = float(loss._denominator(reduction, wmul, shape, opts)) if need_den else 1.0
+    den_mul = float(loss._denominator(reduction, 1.0, shape, opts)) if need_den else 1.0  # den = Σw on the device
 
     # scratch: partials (g > 1), flags partials (g > 1) and result, Σw and its partials
     gw = _grid(w.size, cx) if need_den else 0

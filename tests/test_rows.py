@@ -486,7 +486,6 @@ def test_ignored_row_weight_never_reaches_the_mean(fl, backend, bad):
     assert np.all(g[1] == 0)
 
 
-
 def test_infinite_weights_are_infinite_only_where_they_count(fl, backend):
     """An infinite weight makes infinite only the terms it multiplies. Without label smoothing a
     class weight enters only through the rows labelled with it (the CPU's gradient was NaN in

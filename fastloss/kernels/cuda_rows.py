@@ -81,19 +81,21 @@ def add_shifted(d, wr, w, m, v):
 
 
 @DEVICE_JIT
-def add4_shifted(d, wr, cw, c, step, m, v0, v1, v2, v3, has_cw):
-    # four terms, classes c, c + step, c + 2 step, c + 3 step
-    w0 = w1 = w2 = w3 = 1.0
+def add_class(d, wr, cw, c, m, v, has_cw):
+    # the term of class c, weighted by its class weight (1 without)
+    w = 1.0
     if has_cw:
-        w0 = float64(cw[c])
-        w1 = float64(cw[c + step])
-        w2 = float64(cw[c + 2 * step])
-        w3 = float64(cw[c + 3 * step])
-    d, wr = add_shifted(d, wr, w0, m, v0)
-    d, wr = add_shifted(d, wr, w1, m, v1)
-    d, wr = add_shifted(d, wr, w2, m, v2)
-    d, wr = add_shifted(d, wr, w3, m, v3)
-    return d, wr
+        w = float64(cw[c])
+    return add_shifted(d, wr, w, m, v)
+
+
+@DEVICE_JIT
+def add4_class(d, wr, cw, c, step, m, v0, v1, v2, v3, has_cw):
+    # four terms, classes c, c + step, c + 2 step, c + 3 step
+    d, wr = add_class(d, wr, cw, c, m, v0, has_cw)
+    d, wr = add_class(d, wr, cw, c + step, m, v1, has_cw)
+    d, wr = add_class(d, wr, cw, c + 2 * step, m, v2, has_cw)
+    return add_class(d, wr, cw, c + 3 * step, m, v3, has_cw)
 
 
 @DEVICE_JIT
@@ -161,7 +163,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                 m, s = online4(m, s, v0, v1, v2, v3)
                 if eps != 0.0:
                     d = shifted(d, wr, m0, m)
-                    d, wr = add4_shifted(d, wr, cw, c, GS, m, v0, v1, v2, v3, has_cw)
+                    d, wr = add4_class(d, wr, cw, c, GS, m, v0, v1, v2, v3, has_cw)
                 c += 4 * GS
             while c < C:
                 v = CT(x[r, c])
@@ -169,10 +171,7 @@ def ce_labels(x, labels, cw, cwsum, sw, ignore, eps, R, C, vec, vals, grad, rmod
                 m, s = online1(m, s, v)
                 if eps != 0.0:
                     d = shifted(d, wr, m0, m)
-                    w = 1.0
-                    if has_cw:
-                        w = float64(cw[c])
-                    d, wr = add_shifted(d, wr, w, m, v)
+                    d, wr = add_class(d, wr, cw, c, m, v, has_cw)
                 c += GS
         mx = CT(group_max(float64(m), sh))
         if m != NEG_INF:
@@ -466,7 +465,7 @@ def _p1_vec(uv, ind):
                 "if eps != 0.0:"]
         for u in range(nvec):
             qs = ", ".join(f"q{u}{e}" for e in range(4))
-            out.append(f"    d, wr = add4_shifted(d, wr, cw, 4 * ({f'k + {u} * GS' if u else 'k'}), 1, m, {qs}, has_cw)")
+            out.append(f"    d, wr = add4_class(d, wr, cw, 4 * ({f'k + {u} * GS' if u else 'k'}), 1, m, {qs}, has_cw)")
         out.append(f"k += {step_expr}")
         return out
     pad = " " * ind

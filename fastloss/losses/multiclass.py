@@ -221,7 +221,7 @@ class KLDiv(ElementwiseLoss):
         axis = _class_axis(self.name, _Shape(shape), opts["axis"])
         lead = tuple(shape[:axis] + shape[axis + 1:])
         if w is None:
-            return None, float(np.prod(lead))
+            return None, float(math.prod(lead))
         if w.shape != lead:
             raise ValueError(f"{self.name}: sample_weight has shape {w.shape}, expected pred's leading shape {lead} "
                              "(one weight per row)")
