@@ -432,6 +432,42 @@ def test_float32_sum_medium(fl):
     assert_close(g, 2.0 * pred.astype(np.float64) / n, np.float32)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lanes_add_sums_in_the_documented_order(dtype, rng):
+    """The buffered kernels' reduction (cpu_helpers.lanes_add) adds element j of a block into
+    float64 lane j % LANES, each lane in order of j: the order that makes a loss's sum the same
+    bit for bit on any thread count. Checked against that order written as a plain Python loop,
+    at sizes around its four-strip passes, with terms of mixed magnitude so that another order
+    rounds differently."""
+    from fastloss._config import LANES
+    from fastloss.kernels.cpu_helpers import lanes_add
+    for n in (0, 1, LANES - 1, LANES, 3 * LANES + 5, 4 * LANES, 4 * LANES + 1, 8 * LANES - 1, 1000, 1024):
+        buf = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 9, n)).astype(dtype)
+        start = rng.standard_normal(LANES)
+        expect = start.copy()
+        for j in range(n):
+            expect[j % LANES] += float(buf[j])
+        acc = start.copy()
+        lanes_add(acc, buf)
+        np.testing.assert_array_equal(acc, expect, err_msg=f"n={n}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_binary_finds_any_other_value(dtype):
+    """bce's 0/1 form runs on a block only if every target in it is exactly 0 or 1
+    (cpu_helpers.all_binary): one other value anywhere in the block, NaN and -0.0 included
+    (-0.0 == 0 is a 0 label), decides."""
+    from fastloss.kernels.cpu_helpers import all_binary
+    info = np.finfo(dtype)
+    base = np.tile(np.array([0.0, 1.0, 1.0, 0.0], dtype), 256)
+    assert all_binary(base) and all_binary(base[:0]) and all_binary(np.where(base == 1, base, -0.0))
+    for other in (0.5, np.nan, np.inf, -np.inf, -1.0, 2.0, info.smallest_subnormal, 1 - info.epsneg, 1 + info.eps):
+        for at in (0, 17, base.size - 1):
+            t = base.copy()
+            t[at] = other
+            assert not all_binary(t), (other, at)
+
+
 @pytest.mark.parametrize("name", ["mse", "mae"])
 def test_float32_data_accumulates_in_float64(fl, name):
     """A sum that float32 accumulators get visibly wrong: each chunk of 32768 elements starts

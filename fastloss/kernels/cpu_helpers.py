@@ -43,13 +43,13 @@ def _param_is(value, const):
 
 @njit(**CPU_SCALAR)
 def all_binary(t):
-    """Whether every value of ``t`` is exactly 0 or 1: a count, which LLVM vectorises (a loop
-    that stops at the first other value would not be)."""
-    n = 0
+    """Whether every value of ``t`` is exactly 0 or 1: an OR over the block, which LLVM
+    vectorises (a loop that stops at the first other value would not be; a count of the 0/1
+    values, the earlier form, took twice as long: 0.067 against 0.036 ns per float32 element)."""
+    other = False
     for j in range(t.size):
-        if (t[j] == 0.0) | (t[j] == 1.0):
-            n += 1
-    return n == t.size
+        other |= (t[j] != 0.0) & (t[j] != 1.0)
+    return not other
 
 
 @njit(**CPU_SCALAR)
@@ -64,9 +64,23 @@ def lane_sum(acc):
 @njit(**CPU_SCALAR)
 def lanes_add(acc, buf):
     """acc[j % LANES] += buf[j] for every j, in float64: a fixed summation order that LLVM
-    vectorises without reassociation."""
+    vectorises without reassociation.
+
+    Four strips of LANES values per pass, each lane adding its four in order of j (the same
+    order, so the same sum bit for bit, as one strip per pass), so the lanes are loaded and
+    stored once per four strips. Each strip is a view indexed from 0: indexing ``buf`` at
+    ``k0 + r * lanes + j`` instead, whose sign LLVM cannot prove, made it vectorise this loop
+    with gathers inside bce's kernel (slower than before). Float32, in cache, bce_with_logits,
+    log_cosh, sigmoid_focal and poisson_nll lost 0.02 to 0.06 ns per element this way."""
     lanes = acc.size
-    for k0 in range(0, buf.size, lanes):
+    step = 4 * lanes
+    full = buf.size - buf.size % step
+    for k0 in range(0, full, step):
+        b0, b1 = buf[k0:k0 + lanes], buf[k0 + lanes:k0 + 2 * lanes]
+        b2, b3 = buf[k0 + 2 * lanes:k0 + 3 * lanes], buf[k0 + 3 * lanes:k0 + step]
+        for j in range(lanes):
+            acc[j] = (((acc[j] + b0[j]) + b1[j]) + b2[j]) + b3[j]
+    for k0 in range(full, buf.size, lanes):  # the last, partial pass: a strip at a time
         b = buf[k0:k0 + lanes]
         for j in range(b.size):
             acc[j] += b[j]
