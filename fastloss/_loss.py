@@ -30,8 +30,11 @@ def float32_variant(f32_fn):
 
 def binary_target_variant(fn01):
     """Decorator for a loss's value or derivative function: CPU kernels call ``fn01`` (same
-    arguments) instead on every block of elements whose targets are all exactly 0 or 1, and the
-    decorated function elsewhere. ``fn01`` must return the same number as the decorated function,
+    arguments) instead on blocks of elements whose targets are all exactly 0 or 1, and the
+    decorated function elsewhere. Which blocks: a block tries ``fn01`` when the block before it
+    in its chunk had only 0/1 targets (the first block of a chunk always tries it), and runs again
+    with the decorated function if one of its own targets is another value; a block after one
+    with other targets runs the decorated function. ``fn01`` must return the same number as the decorated function,
     bit for bit, for such targets (and any prediction, NaN and out-of-range ones included), so a
     result never depends on the targets of its neighbours; it exists to be cheaper, as a binary
     cross-entropy needs one logarithm where a soft target needs two. CUDA kernels, bound by

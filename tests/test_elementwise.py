@@ -452,22 +452,6 @@ def test_lanes_add_sums_in_the_documented_order(dtype, rng):
         np.testing.assert_array_equal(acc, expect, err_msg=f"n={n}")
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_all_binary_finds_any_other_value(dtype):
-    """bce's 0/1 form runs on a block only if every target in it is exactly 0 or 1
-    (cpu_helpers.all_binary): one other value anywhere in the block, NaN and -0.0 included
-    (-0.0 == 0 is a 0 label), decides."""
-    from fastloss.kernels.cpu_helpers import all_binary
-    info = np.finfo(dtype)
-    base = np.tile(np.array([0.0, 1.0, 1.0, 0.0], dtype), 256)
-    assert all_binary(base) and all_binary(base[:0]) and all_binary(np.where(base == 1, base, -0.0))
-    for other in (0.5, np.nan, np.inf, -np.inf, -1.0, 2.0, info.smallest_subnormal, 1 - info.epsneg, 1 + info.eps):
-        for at in (0, 17, base.size - 1):
-            t = base.copy()
-            t[at] = other
-            assert not all_binary(t), (other, at)
-
-
 @pytest.mark.parametrize("name", ["mse", "mae"])
 def test_float32_data_accumulates_in_float64(fl, name):
     """A sum that float32 accumulators get visibly wrong: each chunk of 32768 elements starts
@@ -721,6 +705,42 @@ def test_bce_binary_target_blocks_give_the_same_numbers(fl, dtype, rng):
         _assert_same_bits(g[:BLOCK - 1], g[BLOCK:-1])
         _assert_same_bits(fl.bce(pp, tt, reduction="none"), v)
         assert np.isnan(v[:BLOCK][(p < 0) | (p > 1) | np.isnan(p)]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bce_blocks_of_any_targets_after_any_others(fl, dtype, rng):
+    """A block runs bce's 0/1 form when the block before it had only 0/1 targets, and runs again
+    with the general formula when one of its own targets is another value (kernels/
+    cpu_elementwise.py: _PICK_MAP). Blocks of every kind after blocks of every kind (a soft
+    target first, last, alone in the block; NaN and -0.0 targets; all 0/1), in value, grad and
+    value_and_grad, against the float64 formula (reference.py), and "sum" against the float64 sum."""
+    from fastloss._config import BLOCK
+    kinds = {
+        "binary": lambda: rng.integers(0, 2, BLOCK).astype(dtype),
+        "soft": lambda: rng.random(BLOCK).astype(dtype),
+        "soft_first": lambda: np.concatenate([[0.3], rng.integers(0, 2, BLOCK - 1)]).astype(dtype),
+        "soft_last": lambda: np.concatenate([rng.integers(0, 2, BLOCK - 1), [0.7]]).astype(dtype),
+        "nan": lambda: np.where(np.arange(BLOCK) == 5, np.nan, rng.integers(0, 2, BLOCK)).astype(dtype),
+        "negzero": lambda: np.where(rng.integers(0, 2, BLOCK) == 1, 1.0, -0.0).astype(dtype),
+    }
+    order = ["binary", "soft_last", "binary", "soft", "soft_first", "binary", "binary", "nan",
+             "binary", "negzero", "soft", "binary", "soft_last", "soft_last"]
+    t = np.concatenate([kinds[k]() for k in order] + [rng.random(100).astype(dtype)])
+    p = rng.uniform(0.02, 0.98, t.size).astype(dtype)
+    ev, eg = ref.bce(p, t, reduction="none")
+    nan = np.isnan(t)
+    tol = dict(rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0)
+    v = fl.bce(p, t, reduction="none")
+    g = fl.bce.grad(p, t, reduction="sum")
+    v2, g2 = fl.bce.value_and_grad(p, t, reduction="none")
+    for got in (v, v2):
+        assert np.isnan(got[nan]).all()
+        np.testing.assert_allclose(got[~nan], ev[~nan], **tol)
+    for got in (g, g2):
+        np.testing.assert_allclose(got[~nan], eg[~nan], **tol)
+    keep = ~nan
+    s = fl.bce(p[keep], t[keep], reduction="sum")
+    assert abs(float(s) - math.fsum(ev[keep])) <= tol["rtol"] * math.fsum(ev[keep])
 
 
 def _assert_same_bits(a, b):

@@ -345,21 +345,25 @@ def _binary_probe_deriv(p, t):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_binary_target_variant_runs_on_blocks_of_binary_targets(fl, backend, dtype, rng):
     """fl.binary_target_variant: CPU kernels call the variant on each block (of BLOCK elements,
-    counted from the start) whose targets are all 0 or 1, the function itself on the others, in
-    value, grad and value_and_grad alike, serial (one chunk) and parallel (several); CUDA kernels
-    call the function itself everywhere."""
+    counted from the start of each chunk of CHUNK) whose targets are all 0 or 1, unless the block
+    before it in its chunk had another target, and the function itself on the others, in value,
+    grad and value_and_grad alike, serial (one chunk) and parallel (several); CUDA kernels call
+    the function itself everywhere. A soft target in the last block of the first chunk checks
+    that the rule does not reach across chunks."""
     from fastloss._config import BLOCK, CHUNK
     loss = fl.elementwise_loss(_binary_probe, _binary_probe_deriv, name="binary_probe")
     on_gpu = backend.name in GPU_BACKENDS
     for n in ((40,) if on_gpu else (3 * BLOCK + 5, CHUNK + 2 * BLOCK + 7)):
         p = rng.standard_normal(n).astype(dtype)
         t = rng.integers(0, 2, n).astype(dtype)
-        soft = [BLOCK + 17] if n > BLOCK else []  # one soft target: block 1 takes the general path
+        # Soft targets: block 1 and block 2 (after it) take the general path; with two chunks,
+        # the last block of the first does, but not the first block of the second.
+        soft = ([BLOCK + 17] if n > BLOCK else []) + ([CHUNK - 3] if n > CHUNK else [])
         t[soft] = 0.5
         general = np.full(n, on_gpu)
-        if soft:
-            b0 = soft[0] - soft[0] % BLOCK
-            general[b0:b0 + BLOCK] = True
+        for i in soft:
+            b0 = i - i % BLOCK
+            general[b0:min(b0 + 2 * BLOCK, (i // CHUNK + 1) * CHUNK)] = True
         ev = np.where(general, p + t, 2 * p + t).astype(dtype)
         eg = np.where(general, 1.0, 3.0).astype(dtype)
         w = rng.uniform(0.5, 2.0, n).astype(dtype)
