@@ -433,14 +433,15 @@ def test_float32_sum_medium(fl):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_lanes_add_sums_in_the_documented_order(dtype, rng):
-    """The buffered kernels' reduction (cpu_helpers.lanes_add) adds element j of a block into
-    float64 lane j % LANES, each lane in order of j: the order that makes a loss's sum the same
-    bit for bit on any thread count. Checked against that order written as a plain Python loop,
-    at sizes around its four-strip passes, with terms of mixed magnitude so that another order
-    rounds differently."""
+@pytest.mark.parametrize("add", ["lanes_add", "lanes_add4"])
+def test_lanes_add_sums_in_the_documented_order(add, dtype, rng):
+    """The kernels' reductions (cpu_helpers.lanes_add, and lanes_add4 in the elementwise
+    kernels) add element j of a block into float64 lane j % LANES, each lane in order of j: the
+    order that makes a loss's sum the same bit for bit on any thread count. Checked against that
+    order written as a plain Python loop, at sizes around lanes_add4's four-strip passes, with
+    terms of mixed magnitude so that another order rounds differently."""
     from fastloss._config import LANES
-    from fastloss.kernels.cpu_helpers import lanes_add
+    from fastloss.kernels import cpu_helpers
     for n in (0, 1, LANES - 1, LANES, 3 * LANES + 5, 4 * LANES, 4 * LANES + 1, 8 * LANES - 1, 1000, 1024):
         buf = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 9, n)).astype(dtype)
         start = rng.standard_normal(LANES)
@@ -448,7 +449,7 @@ def test_lanes_add_sums_in_the_documented_order(dtype, rng):
         for j in range(n):
             expect[j % LANES] += float(buf[j])
         acc = start.copy()
-        lanes_add(acc, buf)
+        getattr(cpu_helpers, add)(acc, buf)
         np.testing.assert_array_equal(acc, expect, err_msg=f"n={n}")
 
 

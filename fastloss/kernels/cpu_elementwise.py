@@ -46,7 +46,7 @@ import math
 import numpy as np
 from numba import njit, prange
 from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES, BLOCK
-from fastloss.kernels.cpu_helpers import lane_sum, lanes_add, param_at, param_is, param_window
+from fastloss.kernels.cpu_helpers import lane_sum, lanes_add4, param_at, param_is, param_window
 {imports}
 
 CACHE = True
@@ -192,7 +192,7 @@ buf = np.empty(BLOCK, dtype=pred.dtype)
 for b0 in range(0, pred.size, BLOCK):
 {VIEWS}
 {MAPS}
-    lanes_add(acc, buf[:pb.size])"""
+    lanes_add4(acc, buf[:pb.size])"""
 
 _BUFFER_MAP = """\
 for j in range(pb.size):
@@ -219,9 +219,7 @@ _PICK_MAP = """\
 other = False
 if binary:
 {MAP01}
-    if other:  # a target other than 0 and 1: the general math for this block
-{MAP_AGAIN}
-else:
+if other or not binary:  # other: the variants met a target other than 0 and 1
 {MAP}
 binary = not other"""
 
@@ -283,8 +281,7 @@ def _maps(template, step, step01):
     if step01 is None:
         return textwrap.indent(template.format(STEP=textwrap.indent(step, "    ")), "    ")
     loop, loop01 = (template.format(STEP=textwrap.indent(f"{s}\n{_CHECK}", "    ")) for s in (step, step01))
-    pick = _PICK_MAP.format(MAP01=textwrap.indent(loop01, "    "), MAP=textwrap.indent(loop, "    "),
-                            MAP_AGAIN=textwrap.indent(loop, "        "))
+    pick = _PICK_MAP.format(MAP01=textwrap.indent(loop01, "    "), MAP=textwrap.indent(loop, "    "))
     return textwrap.indent(pick, "    ")
 
 
