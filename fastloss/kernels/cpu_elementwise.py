@@ -210,11 +210,12 @@ for j in range(pb.size):
 {STEP}"""
 
 # A block's maps where the loss has binary-target variants. Whether a block's targets are all 0 or
-# 1 is found in the map loop itself ({CHECK} in each step), not by a scan of the block first: out
-# of cache that scan waited for the targets to arrive from memory before any math could start
-# (bce's value, one core, 2**24 elements: 0.67 ns per element with the scan, 0.47 without). The
-# block runs the form the previous block's targets chose; if the variants ran on a block with any
-# other target, the block runs again with the general math, which overwrites every output.
+# 1 is found in the map loops themselves (_CHECK, added to each step), not by a scan of the block
+# first: out of cache that scan waited for the targets to arrive from memory before any math could
+# start (bce's value, one core, 2**24 elements: 0.61-0.67 ns per element with it, 0.49-0.53
+# without). A block runs the form the previous block's targets chose; if the variants ran on a
+# block with any other target, the block runs again with the general math, which overwrites every
+# output.
 _PICK_MAP = """\
 other = False
 if binary:

@@ -202,26 +202,14 @@ def _fit_log_cosh_series():
                                            ("_tanh_series_f32", tanh_over_root, "0.35", 4))}
 
 
-def _exp_neg2_f32(a):
-    # Float32 kernels compute log_cosh_value's log1p(e^(−2a)) as one vsoftplus(−2a) (kernels/
-    # vmath.py), which takes e^(−|−2a|); the derivative's exponential written the same way is the
-    # same expression, which LLVM then computes once in value_and_grad (float32, one core, in
-    # cache: 1.07–1.14 -> 0.95–1.00 ns per element). Float64 kernels keep log1p and exp apart,
-    # where e^(−2a) is already the value's expression: hence a float32 variant.
-    return math.exp(-abs(-2.0 * a))
-
-
-@float32_variant(_exp_neg2_f32)
-def _exp_neg2(a):
-    """e^(−2a)."""
-    return math.exp(-2.0 * a)
-
-
 def log_cosh_value(p, t):
     a = abs(p - t)
     small = a * a * _log_cosh_series(a * a)
     # log cosh a = a − log 2 + log1p(e^(−2a)); e^(−2a) underflows to 0 for large a, no overflow.
-    big = ((a - _LN2_HI) - _LN2_LO) + math.log1p(math.exp(-2.0 * a))
+    # Written e^(−|2a|), as log_cosh_deriv writes it: float32 CPU kernels turn log1p(exp(x)) into
+    # vsoftplus(x), which takes e^(−|x|), and e^(−|−|2a||) is e^(−|2a|) to LLVM but e^(−|−2a|) is
+    # not e^(−2a), so only this spelling lets value_and_grad compute the exponential once.
+    big = ((a - _LN2_HI) - _LN2_LO) + math.log1p(math.exp(-abs(2.0 * a)))
     return small if a <= _LOG_COSH_SMALL else big
 
 
@@ -229,7 +217,7 @@ def log_cosh_deriv(p, t):
     # tanh a = (1 − e^(−2a)) / (1 + e^(−2a)); the sign of d outside (NaN stays NaN).
     d = p - t
     a = abs(d)
-    e = _exp_neg2(a)
+    e = math.exp(-abs(2.0 * a))  # e^(−2a), spelt as in log_cosh_value (see there)
     g = a * _tanh_series(a * a) if a <= _TANH_SMALL else (1.0 - e) / (1.0 + e)
     return g if d >= 0.0 else (-g if d < 0.0 else d)
 
