@@ -5,6 +5,8 @@ allocate, launch the compiled kernel, wrap the result. Kernels are built on firs
 loss, and compiled by Numba once per dtype (and loaded from its disk cache in later processes).
 """
 import math
+import re
+import sys
 
 import numpy as np
 
@@ -175,6 +177,17 @@ class Loss:
         return reduction, sample_weight, out, opts
 
     def _run(self, op, pred, target, kwargs):
+        try:
+            return self._run_unchecked(op, pred, target, kwargs)
+        except Exception as exc:
+            if not _is_compile_error(exc):
+                raise
+            message = _compile_error_message(self.name, exc)
+        # Raised outside the except block: Numba's own traceback (its compiler's frames) is not
+        # chained to it, its message is.
+        raise TypeError(message)
+
+    def _run_unchecked(self, op, pred, target, kwargs):
         kwargs = dict(kwargs)
         stream = kwargs.pop("stream", None)
         reduction, sample_weight, out, opts = self._parse(op, kwargs)
@@ -203,6 +216,28 @@ class Loss:
 
     def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):  # pragma: no cover
         raise NotImplementedError
+
+
+def _is_compile_error(exc):
+    """Whether ``exc`` is Numba's report that a kernel could not be compiled (CPU, or GPU through
+    numba-cuda, whose error classes are its own). Looked up in sys.modules: a module that was
+    never imported raised nothing."""
+    for module in ("numba.core.errors", "numba.cuda.core.errors"):
+        errors = sys.modules.get(module)
+        if errors is not None and isinstance(exc, errors.NumbaError):
+            return True
+    return False
+
+
+def _compile_error_message(name, exc):
+    """The TypeError's text for a kernel Numba could not compile: for a user's loss, almost always
+    something in its functions that Numba cannot type. Numba's explanation is kept (it quotes the
+    offending line, from the kernel module that holds a copy of the function), minus its
+    terminal colour codes."""
+    detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return (f"{name}: the loss's kernel could not be compiled by Numba. Its functions may use "
+            f"arithmetic, math.*, numeric constants and other plain Python functions on floats "
+            f"(see 'Defining your own loss' in the README). Numba said:\n{detail}")
 
 
 class ElementwiseLoss(Loss):

@@ -433,3 +433,33 @@ def test_lambda_calling_a_helper_is_a_clear_error(fl):
     loss = fl.elementwise_loss(lambda p, t: _softplus_plain(p - t), lambda p, t: 0.0 * p, name="lambda_helper")
     with pytest.raises(TypeError, match="_softplus_plain.* cannot be compiled with it"):
         loss(np.array([1.0]), np.array([0.0]))
+
+
+def _helper_with_a_typo(d):
+    return d.real_part  # floats have no such attribute: Numba cannot type this
+
+
+def _typo_value(p, t):
+    return _helper_with_a_typo(p - t) ** 2
+
+
+def _string_value(p, t):
+    return (p - t) + "1"
+
+
+@pytest.mark.parametrize("value", [_typo_value, _string_value, lambda p, t: undefined_name * p],  # noqa: F821
+                         ids=["attribute", "str_plus_float", "undefined_name_in_a_lambda"])
+@pytest.mark.parametrize("op", ["value", "grad", "value_and_grad"])
+def test_a_function_numba_cannot_compile_is_a_type_error(fl, value, op):
+    """A mistake in a user's function reaches the user as a TypeError naming the loss and
+    quoting Numba's explanation, not as Numba's typing traceback (the error is not chained to
+    Numba's exception)."""
+    loss = fl.elementwise_loss(value, value, name=f"broken_{value.__name__}")  # both broken
+    call = loss if op == "value" else getattr(loss, op)
+    p = np.array([0.5, 1.5, -2.0], np.float32)
+    with pytest.raises(TypeError, match=r"broken_.*could not be compiled by Numba") as info:
+        call(p, np.zeros(3, np.float32))
+    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert type(info.value) is TypeError
+    hint = {"_typo_value": "real_part", "_string_value": "add", "<lambda>": "undefined_name"}[value.__name__]
+    assert hint in str(info.value)
