@@ -1069,9 +1069,7 @@ def _option_array(loss, o, b, shape, cx):
 def _run_elementwise(loss, op, cx, p, t, wb, reduction, opts, arrays, out, o_buf):
     name = loss.name
     shape = p.shape
-    if "axis" in opts:  # kl_div: its class axis must be valid, weights or not (as on the CPU)
-        from .losses.multiclass import _class_axis, _Shape
-        _class_axis(name, _Shape(shape or (1,)), opts["axis"])
+    loss._check_shape(shape, opts)  # (kl_div: its class axis must be valid, weights or not)
     if t.shape != shape:
         raise ValueError(f"{name}: target has shape {t.shape}, expected pred's shape {shape}")
     # a user's validate gets the float64 host copies of device option arrays, as it gets NumPy

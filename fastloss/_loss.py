@@ -320,7 +320,12 @@ class ElementwiseLoss(Loss):
     def _denominator(self, reduction, wsum, shape, opts):
         return wsum
 
+    def _check_shape(self, shape, opts):
+        """Checks of pred's shape against the options, before the target's shape is checked; both
+        backends call it. Elementwise losses have none (kl_div checks its class axis)."""
+
     def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
+        self._check_shape(p.shape, opts)
         if t.shape != p.shape:
             raise ValueError(f"{self.name}: target has shape {t.shape}, expected pred's shape {p.shape}")
         if self.validate is not None:

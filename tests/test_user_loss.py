@@ -463,3 +463,22 @@ def test_a_function_numba_cannot_compile_is_a_type_error(fl, value, op):
     assert type(info.value) is TypeError
     hint = {"_typo_value": "real_part", "_string_value": "add", "<lambda>": "undefined_name"}[value.__name__]
     assert hint in str(info.value)
+
+
+def _axis_scaled_value(p, t, axis):
+    return axis * (p - t) ** 2
+
+
+def _axis_scaled_deriv(p, t, axis):
+    return 2.0 * axis * (p - t)
+
+
+def test_an_option_named_axis_is_just_an_option(fl, backend):
+    """Only kl_div's axis is a class axis: a user loss may name a float option "axis" (the GPU
+    path checked any option of that name as a class axis: ValueError "axis 3.0 is out of
+    range")."""
+    loss = fl.elementwise_loss(_axis_scaled_value, _axis_scaled_deriv, params={"axis": 1.0}, name="axis_scaled")
+    p, t = np.linspace(-1.0, 1.0, 5), np.zeros(5)
+    v, g = loss.value_and_grad(backend.to_backend(p), backend.to_backend(t), axis=3.0, reduction="sum")
+    assert_close(backend.to_numpy(v), 3.0 * np.sum(p * p), np.float64)
+    assert_close(backend.to_numpy(g), 6.0 * p, np.float64)

@@ -203,11 +203,10 @@ class KLDiv(ElementwiseLoss):
 
     reductions = ("mean", "sum", "none", "batchmean")
 
-    def _compute(self, op, p, t, w, reduction, opts, out_np, rdt, cdt):
+    def _check_shape(self, shape, opts):
         # The class axis matters only for weights and batchmean, but must be valid (a 0-d pred,
         # one element, takes axis 0 or -1 as a 1-d one would).
-        _class_axis(self.name, p if p.ndim else p.reshape(1), opts["axis"])
-        return super()._compute(op, p, t, w, reduction, opts, out_np, rdt, cdt)
+        _class_axis(self.name, _Shape(shape or (1,)), opts["axis"])
 
     def _weights(self, w, shape, cdt, opts):
         """(per-element weights or None, Σ of the row weights: the number of rows unweighted)."""
