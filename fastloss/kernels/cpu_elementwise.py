@@ -227,6 +227,9 @@ binary = not other"""
 # The step's test of its target, for _PICK_MAP (t: the step's target element).
 _CHECK = "other |= (t != 0.0) & (t != 1.0)"
 
+# Before the block loop of _PICK_MAP: the chunk's first block tries the binary-target variants.
+_FIRST_BLOCK = "binary = True\n"
+
 # Direct (arithmetic-only losses): groups of LANES elements added straight into the lanes, a
 # loop of constant trip count that LLVM vectorises with the lanes in registers; the buffer's
 # extra store and load per element cost such cheap losses up to half the memory bandwidth.
@@ -299,10 +302,6 @@ def _grad_blocks(step, step01, windowed):
     """grad_chunk's loop block by block, for a derivative with a binary-target variant."""
     return _FIRST_BLOCK + _BLOCKS.format(VIEWS=_block_views("BLOCK", windowed, True, vals=False),
                                          MAPS=_maps(_GRAD_MAP, step, step01))
-
-
-# Before the block loop of _PICK_MAP: the chunk's first block tries the binary-target variants.
-_FIRST_BLOCK = "binary = True\n"
 
 
 # Only for losses with target flags: the check alone, for a caller's out= buffer, which must
