@@ -240,25 +240,37 @@ _CLASHING = ["c", "t", "j", "n", "g", "s", "pb", "acc", "tb", "full", "scale", "
              "flags", "vals", "grad", "sums", "chunk", "np", "LANES", "FLOAT", "param_at", "prange"]
 
 
-def _scaled_square(option):
+def _weighted_square(options):
+    """A loss with every name of ``options`` as an option: (Σ_k (k + 1)·option_k)·(p − t)². Each
+    option has its own coefficient, so one option read in place of another changes the value."""
+    scale = " + ".join(f"{k + 1}.0 * {o}" for k, o in enumerate(options))
     ns = {}
-    exec(f"def value(p_, t_, {option}):\n    return {option} * (p_ - t_) * (p_ - t_)\n"
-         f"def deriv(p_, t_, {option}):\n    return 2.0 * {option} * (p_ - t_)\n", ns)
+    exec(f"def value(p_, t_, {', '.join(options)}):\n    return ({scale}) * (p_ - t_) * (p_ - t_)\n"
+         f"def deriv(p_, t_, {', '.join(options)}):\n    return 2.0 * ({scale}) * (p_ - t_)\n", ns)
     return ns["value"], ns["deriv"]
 
 
 @pytest.mark.regression
-@pytest.mark.parametrize("option", _CLASHING)
-def test_option_names_do_not_clash_with_the_kernels(fl, option):
-    value, deriv = _scaled_square(option)
-    loss = fl.elementwise_loss(value, deriv, name=f"scaled_{option}", params={option: 3.0})
+def test_option_names_do_not_clash_with_the_kernels(fl):
+    # One loss with all the names at once: the kernels are built from source text that has no
+    # source file, so each loss compiles in every run; one loss instead of one per name keeps
+    # this test at two compilations (scalar options, array options), not 48.
+    value, deriv = _weighted_square(_CLASHING)
+    defaults = {o: 1.0 + k / 8 for k, o in enumerate(_CLASHING)}
+    loss = fl.elementwise_loss(value, deriv, name="clashing_options", params=defaults)
+    coef = np.arange(1.0, len(_CLASHING) + 1)
     for n in (4, 70_001):  # serial, and parallel over several chunks
         p = np.arange(n, dtype=np.float64) % 7
+        scale = float(coef @ np.array(list(defaults.values())))
         v, g = loss.value_and_grad(p, np.zeros(n), reduction="sum")
-        np.testing.assert_allclose(v, 3 * np.sum(p * p), rtol=1e-12)
-        np.testing.assert_allclose(g, 6 * p, rtol=1e-12)
-        v = loss(p, np.zeros(n), reduction="sum", **{option: np.full(n, 0.5)})  # per element
-        np.testing.assert_allclose(v, 0.5 * np.sum(p * p), rtol=1e-12)
+        np.testing.assert_allclose(v, scale * np.sum(p * p), rtol=1e-12)
+        np.testing.assert_allclose(g, 2 * scale * p, rtol=1e-12)
+        # Every option per element, each its own values, varying along the input.
+        arrays = {o: (k + 1) * 0.25 + (np.arange(n) % 5) * 0.01 for k, o in enumerate(_CLASHING)}
+        scales = sum(c * a for c, a in zip(coef, arrays.values()))
+        v, g = loss.value_and_grad(p, np.zeros(n), reduction="sum", **arrays)
+        np.testing.assert_allclose(v, np.sum(scales * p * p), rtol=1e-12)
+        np.testing.assert_allclose(g, 2 * scales * p, rtol=1e-12)
 
 
 @pytest.mark.parametrize("option", ["reduction", "sample_weight", "out", "stream", "not an identifier"])
