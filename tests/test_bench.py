@@ -84,6 +84,29 @@ def test_cli_cpu(tmp_path, capsys):
     assert "vs NumPy" in out and "cross_entropy" in out
 
 
+def test_warm_kernels_compiles_the_sweeps_kernels_into_the_cache(tmp_path, monkeypatch):
+    """The sweep's kernels are compiled in worker processes, into the caches the sweep then
+    loads from (the workers inherit the environment, and with it the cache folders)."""
+    import glob
+    import os
+
+    monkeypatch.setenv("FASTLOSS_CACHE_DIR", str(tmp_path / "fastloss"))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    steps = []
+    runner.warm_kernels([("mse", (100,), "float32", "value"), ("huber", (50,), "float64", "value_and_grad"),
+                         ("mse", (30,), "float32", "value_and_grad")], jobs=2, step=steps.append)
+    assert sorted(steps) == ["compiled the kernels of huber", "compiled the kernels of mse"]
+    modules = os.listdir(tmp_path / "fastloss" / "kernels")
+    assert any(m.startswith("cpu_mse_float32_") for m in modules)
+    assert any(m.startswith("cpu_huber_float64_") for m in modules)
+    compiled = [os.path.basename(p) for p in glob.glob(str(tmp_path / "numba" / "**" / "*.nbc"), recursive=True)]
+    for module, kernel in (("mse_float32", "value_chunk"), ("mse_float32", "both_chunk"),
+                           ("huber_float64", "both_chunk")):
+        assert any(module in c and f".{kernel}-" in c for c in compiled), (module, kernel, compiled)
+    with pytest.raises(RuntimeError, match="no_such_loss"):
+        runner.warm_kernels([("no_such_loss", (10,), "float32", "value")], jobs=1)
+
+
 def test_cli_rejects_a_cuda_run_without_cuda(monkeypatch):
     from fastloss.bench import gpu
 

@@ -162,23 +162,128 @@ json.dump({"import_s": t_import, "first_call_s": times, "total_s": time.perf_cou
 """
 
 
+def _startup_env(cache_dir):
+    # Both caches in cache_dir: fastloss's generated modules and Numba's own cache, which holds
+    # the row kernels (module-level functions of fastloss/kernels/cpu_rows.py, cached beside
+    # the package unless NUMBA_CACHE_DIR says otherwise), so that "cold" compiles those too.
+    return dict(os.environ, FASTLOSS_CACHE_DIR=os.path.join(cache_dir, "fastloss"),
+                NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"))
+
+
+def startup_run(cache_dir):
+    """Import time and first-call times of every loss in a fresh process whose kernel caches are
+    ``cache_dir``: compilation when it is empty, a warm start once a run has filled it."""
+    import json
+
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT], env=_startup_env(cache_dir),
+                         capture_output=True, text=True, check=True).stdout
+    run = json.loads(out)
+    run["process_s"] = time.perf_counter() - t0
+    return run
+
+
+def import_process_time(cache_dir):
+    """Seconds of a whole ``python -c 'import fastloss'``."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import fastloss"], env=_startup_env(cache_dir), check=True)
+    return time.perf_counter() - t0
+
+
 def startup_times(cache_dir):
     """Import time and first-call times of every loss in fresh processes: once with an empty
     kernel cache (compilation) and once more with the cache it left (warm start)."""
-    import json
-
-    env = dict(os.environ, FASTLOSS_CACHE_DIR=cache_dir)
-    runs = {}
-    for label in ("cold", "warm"):
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", _STARTUP_SCRIPT], env=env, capture_output=True, text=True,
-                             check=True).stdout
-        runs[label] = json.loads(out)
-        runs[label]["process_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import fastloss"], env=env, check=True)
-    runs["import_process_s"] = time.perf_counter() - t0
+    runs = {"cold": startup_run(cache_dir), "warm": startup_run(cache_dir)}
+    runs["import_process_s"] = import_process_time(cache_dir)
     return runs
+
+
+# A process that compiles kernels for the sweep: each line on stdin is a JSON list of cases
+# (name, shape, dtype, op); it makes the call the sweep will time once for each (same inputs'
+# shape and dtype, same options, out= for the gradient: the same kernels), then prints a line.
+_WARM_SCRIPT = r"""
+import json, sys
+import numpy as np
+import fastloss as fl
+from fastloss.bench.cases import CASES
+rng = np.random.default_rng(0)
+for line in sys.stdin:
+    for name, shape, dtype, op in json.loads(line):
+        case = CASES[name]
+        p, t = case.inputs(tuple(shape), np.dtype(dtype), rng)
+        if op == "value":
+            fl.LOSSES[name](p, t, **case.options)
+        else:
+            fl.LOSSES[name].value_and_grad(p, t, out=np.empty_like(p), **case.options)
+    print("done", flush=True)
+"""
+
+
+def warm_kernels(plan, jobs=None, step=None, cost=None):
+    """Compile the CPU kernels that ``plan`` (the sweep's (name, shape, dtype, op) cases) will
+    call, into the kernel caches, in ``jobs`` processes at once (default: one per CPU), so that
+    the first sweep on an empty kernel cache does not compile them one after the other on one
+    core (the sweep's timings never include compilation either way). Cases of one loss go to
+    the same process: they share a generated module and its cache index; ``cost`` (loss name ->
+    seconds, such as the cold start's first-call times) puts the costliest first, so that the
+    processes finish together. ``step(label)`` is called in this thread as each loss is done."""
+    import tempfile
+    import json
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    groups = {}
+    for name, shape, dtype, op in plan:
+        groups.setdefault(name, []).append([name, list(shape), dtype, op])
+    todo = queue.Queue()
+    for item in sorted(groups.items(), key=lambda g: -(cost or {}).get(g[0], 0.0)):
+        todo.put(item)
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    done = queue.Queue()
+
+    def worker():
+        errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block it
+        proc = subprocess.Popen([sys.executable, "-c", _WARM_SCRIPT], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=errors, text=True)
+        try:
+            while True:
+                try:
+                    name, cases = todo.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    proc.stdin.write(json.dumps(cases) + "\n")
+                    proc.stdin.flush()
+                    answer = proc.stdout.readline().strip()
+                except BrokenPipeError:  # the process died before it read the cases
+                    answer = ""
+                if answer != "done":
+                    proc.kill()
+                    proc.wait()
+                    errors.seek(0)
+                    raise RuntimeError(f"compiling the kernels of {name} failed:\n{errors.read()[-3000:]}")
+                done.put(f"compiled the kernels of {name}")
+        finally:
+            if proc.poll() is None:
+                proc.stdin.close()
+                proc.wait()
+            errors.close()
+
+    def report():
+        while not done.empty():
+            label = done.get()
+            if step is not None:
+                step(label)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(groups)))) as pool:
+        pending = {pool.submit(worker) for _ in range(max(1, min(jobs, len(groups))))}
+        while pending:
+            finished, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            report()
+            for f in finished:
+                f.result()  # a failure is raised here
+    report()
 
 
 def hardware():
