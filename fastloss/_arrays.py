@@ -107,15 +107,22 @@ def to_numpy(x, name):
     return arr
 
 
+_PRED_DTYPES = {}  # pred's dtype -> pred_dtypes' answer (dtype.newbyteorder costs 1-2 µs a call)
+
+
 def pred_dtypes(pred):
     """(dtype to return, dtype to compute in) for a prediction array; TypeError if not real float."""
     dt = pred.dtype
+    known = _PRED_DTYPES.get(dt)
+    if known is not None:
+        return known
     if dt.kind != "f":
         raise TypeError(f"pred must be a real floating-point array (float16, float32 or float64), got dtype {dt}")
     compute = _COMPUTE.get(dt.newbyteorder("="))
     if compute is None:
         raise TypeError(f"pred dtype {dt} is not supported; use float16, float32 or float64")
-    return dt.newbyteorder("="), compute
+    known = _PRED_DTYPES[dt] = (dt.newbyteorder("="), compute)
+    return known
 
 
 def contiguous(arr, dtype=None):
