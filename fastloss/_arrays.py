@@ -125,10 +125,30 @@ def pred_dtypes(pred):
     return known
 
 
+class _ReadOnlyMemory:
+    """Exposes a read-only array's memory through ``__array_interface__`` with the read-only bit
+    clear, and keeps the array alive for as long as a view made from it is (``base``)."""
+
+    def __init__(self, arr):
+        self.base = arr
+        self.__array_interface__ = {"data": (arr.__array_interface__["data"][0], False), "shape": arr.shape,
+                                    "strides": None, "typestr": arr.dtype.str, "version": 3}
+
+
 def contiguous(arr, dtype=None):
     """``arr`` as a C-contiguous array (of ``dtype``), copying only if needed. Unlike
-    ``np.ascontiguousarray`` it keeps 0-d arrays 0-d."""
-    return np.asarray(arr, dtype=dtype, order="C")
+    ``np.ascontiguousarray`` it keeps 0-d arrays 0-d.
+
+    A read-only array (a read-only memory map, ``np.frombuffer`` of bytes, ``np.broadcast_to`` of
+    an option that already has pred's shape, ...) comes back as a view of the same memory that is
+    typed writeable. Numba types read-only arrays as a type of their own, so without this every
+    loss would compile its whole set of kernels again (about 25 s for sigmoid_focal) the first
+    time a read-only input arrives. Kernels never write their inputs, only the buffers this module
+    allocates or the caller's ``out`` (which must be writeable: :func:`check_out`)."""
+    arr = np.asarray(arr, dtype=dtype, order="C")
+    if not arr.flags.writeable:
+        arr = np.asarray(_ReadOnlyMemory(arr))
+    return arr
 
 
 def as_real(arr, name, dtype):

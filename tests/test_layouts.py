@@ -1,5 +1,7 @@
 """Memory layouts: strided, negative strides, Fortran order, read-only, non-native byte order,
 zero strides. Every layout must give the reference answer, and inputs are never modified."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -189,3 +191,49 @@ def test_class_weight_layouts(fl, rng):
     v, g = fl.cross_entropy.value_and_grad(pred, y, class_weight=cw)
     assert_close(v, ev, np.float64)
     assert_close(g, eg, np.float64)
+
+
+@contextlib.contextmanager
+def _counting_compilations():
+    """Counts Numba's compilations (``numba:compile`` events) inside the ``with`` block."""
+    from numba.core import event
+
+    seen = []
+
+    class Listener(event.Listener):
+        def on_start(self, ev):
+            seen.append(ev)
+
+        def on_end(self, ev):
+            pass
+
+    with event.install_listener("numba:compile", Listener()):
+        yield seen
+
+
+@pytest.mark.parametrize("name", ["huber", "cross_entropy"])
+def test_readonly_inputs_use_the_kernels_compiled_for_writeable_ones(fl, name, rng):
+    """Numba types a read-only array apart from a writeable one: passed as it is, a read-only
+    input (a read-only memory map, np.frombuffer of bytes, an option broadcast to pred's shape)
+    would compile the loss's whole set of kernels again. The boundary hands the kernels a
+    writeable-typed view of the same memory instead: the same answer, no new compilation, no
+    copy, and the input is still not written."""
+    if name == "huber":
+        pred, target, kw = elementwise_data(name, (6, 5), np.float64, rng)
+        sw = sample_weight(rng, (6, 5), np.float64)
+    else:
+        pred, target, kw = row_data(name, (6, 5), np.float64, rng, {})
+        sw = sample_weight(rng, (6,), np.float64)
+    loss = getattr(fl, name)
+    expected = {red: loss.value_and_grad(pred, target, reduction=red, sample_weight=sw, **kw)
+                for red in ("mean", "none")}  # compiles the kernels for writeable inputs
+    ro = [_readonly(a) for a in (pred, target, sw)]
+    with _counting_compilations() as compiles:
+        for red, (ev, eg) in expected.items():
+            v, g = loss.value_and_grad(*ro[:2], reduction=red, sample_weight=ro[2], **kw)
+            assert_close(v, ev, np.float64)
+            assert_close(g, eg, np.float64)
+    assert len(compiles) == 0
+    for a, b in zip(ro, (pred, target, sw)):
+        _assert_same_values(a, b)
+        assert not a.flags.writeable
