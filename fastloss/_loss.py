@@ -250,8 +250,9 @@ class ElementwiseLoss(Loss):
 
     ``value(p, t, *opts)`` is the loss of one element and ``deriv(p, t, *opts)`` its derivative
     with respect to ``p``. Optional ``target_flags(t)`` returns integer bit flags describing a
-    target value; they are OR-ed over the input inside the kernel (no extra pass over memory) and
-    ``flags_error(flags)`` turns them into an exception message (or None if the input is valid).
+    target value (bits 0 to 30: the CPU kernels OR them as int32); they are OR-ed over the input
+    inside the kernel (no extra pass over memory) and ``flags_error(flags)`` turns them into an
+    exception message (or None if the input is valid).
     """
 
     def __init__(self, name, value, deriv, options=(), doc=None, target_flags=None, flags_error=None,
