@@ -51,6 +51,48 @@ def test_options(fl, name, opts, reduction, dtype, shape, weighted, rng):
     _run_and_check(fl, name, opts, shape, dtype, reduction, weighted, rng)
 
 
+def _fast_option_values():
+    import fastloss
+    return [(name, o.name, v) for name in ELEMENTWISE for o in getattr(fastloss, name).options
+            if o.fast and not o.host for v in o.fast]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name,option,value", _fast_option_values(),
+                         ids=[f"{n}-{o}={v}" for n, o, v in _fast_option_values()])
+def test_fast_option_loops_match_the_general_loop(fl, name, option, value, dtype, rng):
+    """An option value with a CPU loop of its own (``Option.fast``: the option is a constant
+    there, so LLVM folds what that value makes needless) gives the general loop's numbers bit
+    for bit. The general loop is reached with the same value as a per-element array, which no
+    kernel treats as a constant; the test_default_options/test_options checks of the scalar
+    against the float64 references then cover both loops."""
+    loss = getattr(fl, name)
+    n = 3000  # several BLOCKs and a partial one
+    pred, target, _ = elementwise_data(name, (n,), np.dtype(dtype), rng)
+    static, scalar, per_element = [], [], []
+    for o in loss.options:
+        if o.host:
+            continue
+        if o.kind is bool:
+            static.append((o.name, o.default))
+            continue
+        v = value if o.name == option else o.default
+        scalar.append(np.dtype(dtype).type(v))
+        per_element.append(np.full(n, v, dtype=dtype))
+    k = loss.cpu_kernels(tuple(static), dtype)
+    outs = []
+    for params in (scalar, per_element):
+        vals, vals_both = np.empty(n, dtype), np.empty(n, dtype)
+        grad, grad_both = np.empty(n, dtype), np.empty(n, dtype)
+        s, _ = k.value_chunk(pred, target, None, vals, *params, 0, n)
+        k.grad_chunk(pred, target, None, grad, 0.5, *params, 0, n)
+        s_both, _ = k.both_chunk(pred, target, None, vals_both, grad_both, 0.5, *params, 0, n)
+        outs.append((s, vals, grad, s_both, vals_both, grad_both))
+    assert np.isfinite(outs[0][0]) and outs[0][0] != 0.0
+    for what, fast, general in zip(["sum", "values", "grad", "both: sum", "both: values", "both: grad"], *outs):
+        assert same_bits(fast, general), f"{name} {option}={value} {dtype}: {what} differ"
+
+
 @pytest.mark.parametrize("shape", [(), (7,), (3, 4)], ids=["0d", "7", "3x4"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("name", ["mse", "huber", "log_cosh", "bce_with_logits", "hinge"])
