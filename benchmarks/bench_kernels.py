@@ -23,16 +23,9 @@ def kernel_calls(name, n, dtype):
     """{op: a function running that op's chunk kernel once over n elements}."""
     loss = getattr(fastloss, name)
     pred, target = CASES[name].inputs((n,), np.dtype(dtype), np.random.default_rng(0))
-    params, static = [], []
-    for o in loss.options:
-        if o.host:
-            continue
-        v = o.none_as if o.default is None and o.none_as is not None else o.default
-        if o.kind is bool:
-            static.append((o.name, v))
-        else:
-            params.append(np.dtype(dtype).type(v))
-    k = loss.cpu_kernels(tuple(static), dtype)
+    opts = loss._parse("value", {})[3]  # the options' defaults, as a call without options gets them
+    static, params = loss.kernel_arguments(opts, (n,), np.dtype(dtype))
+    k = loss.cpu_kernels(static, dtype)
     grad = np.empty_like(pred)
     return {"value": lambda: k.value_chunk(pred, target, None, None, *params, 0, n),
             "value_and_grad": lambda: k.both_chunk(pred, target, None, None, grad, 1.0, *params, 0, n)}

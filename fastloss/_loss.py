@@ -313,6 +313,30 @@ class ElementwiseLoss(Loss):
     def kernel_options(self):
         return [o.name for o in self.options if not o.host]
 
+    def kernel_arguments(self, opts, shape, cdt):
+        """(static, params) for the CPU kernels from parsed options ``opts`` (``_parse``'s):
+        the boolean options as (name, value) pairs, which select a kernel module
+        (``cpu_kernels(static, ...)``), and the others as kernel arguments in order: a scalar in
+        the compute dtype ``cdt``, or an array broadcast to pred's ``shape`` and flattened."""
+        static, params = [], []
+        for o in self.options:
+            if o.host:
+                continue
+            v = opts[o.name]
+            if o.kind is bool:
+                static.append((o.name, v))
+                continue
+            if isinstance(v, np.ndarray):
+                try:
+                    v = np.broadcast_to(v, shape)
+                except ValueError:
+                    raise ValueError(f"{self.name}: {o.name} of shape {v.shape} does not broadcast to pred's shape {shape}") from None
+                v = _arrays.contiguous(v, cdt).reshape(-1)
+            else:
+                v = cdt.type(v)  # options in the compute dtype, like the data
+            params.append(v)
+        return tuple(static), params
+
     # -- hooks for losses whose weights are not elementwise (kl_div) --------------------------
     def _weights(self, w, shape, cdt, opts):
         """(per-element weights or None, Σ w that "mean" divides by)."""
@@ -341,29 +365,12 @@ class ElementwiseLoss(Loss):
         tf = _arrays.as_real(t, "target", cdt).reshape(-1)
         wf, wsum = self._weights(w, shape, cdt, opts)
         wsum = self._denominator(reduction, wsum, shape, opts)
-        params, static = [], []
-        for o in self.options:
-            if o.host:
-                continue
-            v = opts[o.name]
-            if o.kind is bool:
-                static.append((o.name, v))
-                continue
-            if isinstance(v, np.ndarray):
-                try:
-                    v = np.broadcast_to(v, shape)
-                except ValueError:
-                    raise ValueError(f"{self.name}: {o.name} of shape {v.shape} does not broadcast to pred's shape {shape}") from None
-                v = _arrays.contiguous(v, cdt).reshape(-1)
-            else:
-                v = cdt.type(v)  # options in the compute dtype, like the data
-            params.append(v)
-
+        static, params = self.kernel_arguments(opts, shape, cdt)
         n = pf.size
         vals = np.empty(n, dtype=cdt) if reduction == "none" and op != GRAD else None
         grad = _arrays.kernel_buffer(out_np, n, cdt) if op != VALUE else None
         scale = _grad_scale(wsum, reduction)
-        k = self.cpu_kernels(tuple(static), _COMPUTE_NAMES[cdt])
+        k = self.cpu_kernels(static, _COMPUTE_NAMES[cdt])
         nchunks = -(-n // _config.CHUNK)
         if self.target_flags is not None and out_np is not None and op != VALUE:
             # Targets are checked inside the main kernel, but the caller's out= buffer must not

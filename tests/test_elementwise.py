@@ -69,17 +69,10 @@ def test_fast_option_loops_match_the_general_loop(fl, name, option, value, dtype
     loss = getattr(fl, name)
     n = 3000  # several BLOCKs and a partial one
     pred, target, _ = elementwise_data(name, (n,), np.dtype(dtype), rng)
-    static, scalar, per_element = [], [], []
-    for o in loss.options:
-        if o.host:
-            continue
-        if o.kind is bool:
-            static.append((o.name, o.default))
-            continue
-        v = value if o.name == option else o.default
-        scalar.append(np.dtype(dtype).type(v))
-        per_element.append(np.full(n, v, dtype=dtype))
-    k = loss.cpu_kernels(tuple(static), dtype)
+    opts = loss._parse("value", {option: value})[3]
+    static, scalar = loss.kernel_arguments(opts, (n,), np.dtype(dtype))
+    _, per_element = loss.kernel_arguments(dict(opts, **{option: np.full(n, value)}), (n,), np.dtype(dtype))
+    k = loss.cpu_kernels(static, dtype)
     outs = []
     for params in (scalar, per_element):
         vals, vals_both = np.empty(n, dtype), np.empty(n, dtype)
