@@ -39,6 +39,7 @@ option a constant (``_fast_branches``).
 """
 import textwrap
 
+from .. import _config
 from . import codegen, vmath
 
 _HEADER = """\
@@ -46,11 +47,12 @@ import math
 import numpy as np
 from numba import njit, prange
 from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES, BLOCK
-from fastloss.kernels.cpu_helpers import lane_sum, lanes_add4, param_at, param_is, param_window
+from fastloss.kernels.cpu_helpers import lane_sum, lanes_add4, param_at, param_is, param_window, prefer_vector_width
 {imports}
 
 CACHE = True
 FLOAT = np.{dtype}
+VECTOR_BITS = {vector_bits}  # _config.CPU_VECTOR_BITS when this module was generated
 SCALAR_JIT = njit(**dict(CPU_SCALAR, cache=CACHE))
 KERNEL_JIT = njit(**dict(CPU_KERNEL, cache=CACHE))
 PARALLEL_JIT = njit(**dict(CPU_PARALLEL, cache=CACHE))
@@ -63,6 +65,7 @@ _BODY = """\
 
 @KERNEL_JIT
 def value_chunk(pred, target, weight, vals, {P}start, stop):
+    prefer_vector_width(VECTOR_BITS)
     pred, target = pred[start:stop], target[start:stop]
     {WINDOW}
     if weight is not None:
@@ -77,6 +80,7 @@ def value_chunk(pred, target, weight, vals, {P}start, stop):
 
 @KERNEL_JIT
 def grad_chunk(pred, target, weight, grad, scale, {P}start, stop):
+    prefer_vector_width(VECTOR_BITS)
     pred, target, grad = pred[start:stop], target[start:stop], grad[start:stop]
     {WINDOW}
     if weight is not None:
@@ -88,6 +92,7 @@ def grad_chunk(pred, target, weight, grad, scale, {P}start, stop):
 
 @KERNEL_JIT
 def both_chunk(pred, target, weight, vals, grad, scale, {P}start, stop):
+    prefer_vector_width(VECTOR_BITS)
     pred, target, grad = pred[start:stop], target[start:stop], grad[start:stop]
     {WINDOW}
     if weight is not None:
@@ -316,6 +321,7 @@ _FLAG_UPDATE = "flags = np.int32(flags | {flagsfn}(t))"
 _FLAGS_BODY = """\
 @KERNEL_JIT
 def flags_chunk(target, start, stop):
+    prefer_vector_width(VECTOR_BITS)
     target = target[start:stop]
     flags = np.int32(0)
     for i in range(target.size):
@@ -391,6 +397,6 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     consts = "".join(f"\nFAST_{a}_{k} = FLOAT({v!r})" for a, vs in fast.items() for k, v in enumerate(vs))
     body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, VALUE_LOOP=value_loop,
                                 BOTH_LOOP=both_loop, GRAD_LOOP=grad_loop)
-    header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype)
+    header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype, vector_bits=int(_config.CPU_VECTOR_BITS))
     kind = f"cpu_{name}_{dtype}" + "".join(f"_{n}{int(v)}" for n, v in sorted(static.items()))
     return codegen.load_module(kind, header, body, src.injected)

@@ -1,6 +1,6 @@
 """Small jit helpers that generated CPU kernels import (never copy)."""
 from numba import njit, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from .._config import CPU_SCALAR
 
@@ -82,3 +82,34 @@ def lanes_add4(acc, buf):
         for j in range(lanes):
             acc[j] = (((acc[j] + b0[j]) + b1[j]) + b2[j]) + b3[j]
     lanes_add(acc, buf[full:])  # the last, partial pass: a strip at a time
+
+
+@intrinsic(prefer_literal=True)
+def prefer_vector_width(typingctx, bits):
+    """Ask LLVM to vectorise the function that calls this with vectors of ``bits`` bits (a
+    literal int; 0 leaves LLVM's choice), by giving that function the attribute
+    ``"prefer-vector-width"``, as clang's ``-mprefer-vector-width`` does. It generates no code.
+
+    Why: LLVM's tuning for Intel's AVX-512 cores (Skylake-SP to Sapphire Rapids, and the client
+    ones) prefers 256-bit vectors, so Numba's loops there use half the width the core has; on
+    AMD's (Zen 4, Zen 5) it already picks 512. The width is the most a loop may use: on a CPU
+    without AVX-512 the loops keep AVX2's 256 bits (or SSE's 128). The kernels call it once,
+    first thing; the jit functions they inline (at Numba-IR level) are part of the same LLVM
+    function, so every loop in it gets the width.
+
+    llvmlite checks function attributes against a list of LLVM's keyword attributes, which
+    string attributes are not in, so this adds it to the attribute set directly; if a llvmlite
+    ever refuses that, the kernel compiles with LLVM's default width instead of failing."""
+    if not isinstance(bits, types.IntegerLiteral):
+        return None
+    width = bits.literal_value
+
+    def codegen(context, builder, signature, args):
+        if width:
+            try:
+                set.add(builder.function.attributes, f'"prefer-vector-width"="{width}"')
+            except Exception:  # pragma: no cover - only a llvmlite of another design gets here
+                pass
+        return context.get_dummy_value()
+
+    return types.none(bits), codegen

@@ -23,8 +23,8 @@ cache, so memory sees one read of the logits and one write of the gradient. With
 import numpy as np
 from numba import njit, prange
 
-from .._config import BLOCK, CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR, LANES
-from .cpu_helpers import lane_sum, lanes_add
+from .._config import BLOCK, CPU_KERNEL, CPU_PARALLEL, CPU_SCALAR, CPU_VECTOR_BITS, LANES
+from .cpu_helpers import lane_sum, lanes_add, prefer_vector_width
 from .vmath import vexp, vlog
 
 
@@ -89,6 +89,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
     sample weight; its gradient (1 − ε) w_y (softmax − onehot_y) + (ε/C)(W softmax − w), W = Σ w_c.
     Rows whose label is ``ignore_index`` contribute nothing and get a zero gradient.
     """
+    prefer_vector_width(CPU_VECTOR_BITS)
     C = logits.shape[1]
     dt = logits.dtype.type
     total = 0.0
@@ -160,6 +161,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
     Row loss: Σ_c w_c t'_c (lse − x_c) with t' = (1 − ε) t + ε/C; gradient (Σ_c w_c t'_c) softmax
     − w t'. A class whose target is exactly 0 adds nothing, even where its logit is −inf.
     """
+    prefer_vector_width(CPU_VECTOR_BITS)
     C = logits.shape[1]
     dt = logits.dtype.type
     total = 0.0
@@ -218,6 +220,7 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
 
     Row loss: w_y / C · Σ_{c ≠ y} max(0, margin − x_y + x_c)^p, p ∈ {1, 2}.
     """
+    prefer_vector_width(CPU_VECTOR_BITS)
     C = scores.shape[1]
     total = 0.0
     lanes = np.empty(LANES)
