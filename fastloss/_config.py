@@ -45,6 +45,13 @@ CHUNK = 1 << 15
 #: when Numba compiles them, so after changing it clear Numba's cache of fastloss/kernels.
 CPU_VECTOR_BITS = 512
 
+#: cross_entropy's CPU kernels prefetch the next row while they compute this row's exps when the
+#: row (rows: logits, and probability targets) takes between these many bytes: smaller rows gain
+#: nothing, larger ones push the current row out of L2 (kernels/cpu_rows.py, _prefetch_stop).
+#: Read when Numba compiles the row kernels: after changing them, clear Numba's cache.
+CPU_ROW_PREFETCH_MIN_BYTES = 16 << 10
+CPU_ROW_PREFETCH_MAX_BYTES = 512 << 10
+
 
 def cache_dir():
     """Folder of the generated kernel modules (Numba writes its cache beside them)."""

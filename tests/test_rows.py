@@ -453,13 +453,23 @@ def test_large_input(fl, name, opts, weighted, rng):
         check_grad(g, eg, np.float64, shape, msg=red)
 
 
-def test_large_many_classes(fl, rng):
-    pred = rng.standard_normal((64, 5000)).astype(np.float32)
-    y = rng.integers(0, 5000, 64)
-    ev, eg = ref.cross_entropy(pred, y)
-    v, g = fl.cross_entropy.value_and_grad(pred, y)
-    assert_close(v, ev, np.float32)
-    assert_close(g, eg, np.float32)
+@pytest.mark.parametrize("labels", [True, False], ids=["labels", "probs"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_many_classes(fl, dtype, labels, rng):
+    """Rows long enough that the CPU kernels prefetch the next row during the exps (5000
+    classes: 20 KB or more per row, see _prefetch_stop), in parallel chunks of 6 rows, with a
+    partial last block and group in each row."""
+    pred = (rng.standard_normal((64, 5000)) * 3).astype(dtype)
+    if labels:
+        target = rng.integers(0, 5000, 64)
+    else:
+        target = rng.random((64, 5000)).astype(dtype)
+        target /= target.sum(axis=1, keepdims=True)
+    ev, eg = ref.cross_entropy(pred, target)
+    v, g = fl.cross_entropy.value_and_grad(pred, target)
+    assert_close(v, ev, dtype)
+    assert_close(g, eg, dtype)
+    assert_close(fl.cross_entropy(pred, target, reduction="none"), ref.cross_entropy(pred, target, reduction="none")[0], dtype)
 
 
 def test_labels_as_python_objects(fl, rng):

@@ -1,5 +1,7 @@
 """Small jit helpers that generated CPU kernels import (never copy)."""
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from .._config import CPU_SCALAR
@@ -113,3 +115,38 @@ def prefer_vector_width(typingctx, bits):
         return context.get_dummy_value()
 
     return types.none(bits), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Hint the CPU to bring the cache line of ``arr[i]`` (a 1-d array) into its caches: one
+    ``prefetcht0``, which reads nothing into the program and cannot fault. The caller keeps
+    ``i`` in bounds all the same.
+
+    The row kernels use it to fetch the next row from memory while they compute the exps of
+    this one (which read the row from L2): the two passes over a row otherwise take turns,
+    one waiting on memory, the other on the vector units."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty, ity = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        index = context.cast(builder, args[1], ity, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [index], wraparound=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, 0: for a read, 3: keep in every cache level, 1: data, not instructions)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, i), codegen
+
+
+@njit(**CPU_SCALAR)
+def prefetch_lines(a, start, stop):
+    """``prefetch`` every 64-byte line of a[start:stop] (clipped to a's bounds)."""
+    step = max(1, 64 // a.itemsize)
+    for c in range(max(start, 0), min(stop, a.size), step):
+        prefetch(a, c)
