@@ -23,8 +23,8 @@ cache, so memory sees one read of the logits and one write of the gradient. With
 import numpy as np
 from numba import njit, prange
 
-from .._config import (BLOCK, CPU_KERNEL, CPU_PARALLEL, CPU_ROW_PREFETCH_MAX_BYTES, CPU_ROW_PREFETCH_MIN_BYTES,
-                       CPU_SCALAR, CPU_VECTOR_BITS, LANES)
+from .._config import (CPU_KERNEL, CPU_PARALLEL, CPU_ROW_PREFETCH_MAX_BYTES, CPU_ROW_PREFETCH_MIN_BYTES,
+                       CPU_SCALAR, CPU_VECTOR_BITS, LANES, ROW_BLOCK)
 from .cpu_helpers import lane_sum, lanes_add, prefer_vector_width, prefetch_lines
 from .vmath import vexp, vlog
 
@@ -58,9 +58,9 @@ def _sum_exp(row, m, lanes, buf, ahead, ahead2, ahead_stop):
     prefetches a block is one group: groups of LANES cost up to 11% where the row is too small
     to prefetch (4096×1000)."""
     lanes[:] = 0.0
-    group = LANES if ahead_stop else BLOCK
-    for b0 in range(0, row.size, BLOCK):
-        rb = row[b0:b0 + BLOCK]
+    group = LANES if ahead_stop else ROW_BLOCK
+    for b0 in range(0, row.size, ROW_BLOCK):
+        rb = row[b0:b0 + ROW_BLOCK]
         for g0 in range(0, rb.size, group):
             stop = min(b0 + g0 + group, ahead_stop)
             prefetch_lines(ahead, b0 + g0, stop)
@@ -79,10 +79,10 @@ def _sum_exp_into(row, m, lanes, grow, ahead, ahead2, ahead_stop):
     same sum bit for bit, and the same prefetches), keeping the terms in ``grow``: the gradient
     pass then scales them instead of computing every exp again."""
     lanes[:] = 0.0
-    group = LANES if ahead_stop else BLOCK
-    for b0 in range(0, row.size, BLOCK):
-        rb = row[b0:b0 + BLOCK]
-        gb = grow[b0:b0 + BLOCK]
+    group = LANES if ahead_stop else ROW_BLOCK
+    for b0 in range(0, row.size, ROW_BLOCK):
+        rb = row[b0:b0 + ROW_BLOCK]
+        gb = grow[b0:b0 + ROW_BLOCK]
         for g0 in range(0, rb.size, group):
             stop = min(b0 + g0 + group, ahead_stop)
             prefetch_lines(ahead, b0 + g0, stop)
@@ -132,7 +132,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
     total = 0.0
     lanes = np.empty(LANES)
     mlanes = np.empty(LANES, dtype=logits.dtype)
-    buf = np.empty(BLOCK, dtype=logits.dtype)
+    buf = np.empty(ROW_BLOCK, dtype=logits.dtype)
     ahead_stop = _prefetch_stop(C, logits.itemsize, 1)
     for r in range(r0, r1):
         y = labels[r]
@@ -151,8 +151,8 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
         if smoothing != 0.0:
             # Σ_c w_c (lse − x_c) = W log s + Σ_c w_c (m − x_c): non-negative terms, no cancellation
             lanes[:] = 0.0
-            for b0 in range(0, C, BLOCK):
-                rb = row[b0:b0 + BLOCK]
+            for b0 in range(0, C, ROW_BLOCK):
+                rb = row[b0:b0 + ROW_BLOCK]
                 for j in range(rb.size):
                     buf[j] = (m - rb[j]) if class_weight is None else (m - rb[j]) * class_weight[b0 + j]
                 lanes_add(lanes, buf[:rb.size])
@@ -209,8 +209,8 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
     lanes = np.empty(LANES)
     lanes_w = np.empty(LANES)
     mlanes = np.empty(LANES, dtype=logits.dtype)
-    buf = np.empty(BLOCK, dtype=logits.dtype)
-    buf_w = np.empty(BLOCK, dtype=logits.dtype)
+    buf = np.empty(ROW_BLOCK, dtype=logits.dtype)
+    buf_w = np.empty(ROW_BLOCK, dtype=logits.dtype)
     ahead_stop = _prefetch_stop(C, logits.itemsize, 2)
     for r in range(r0, r1):
         row = logits[r]
@@ -221,9 +221,9 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         # Σ exp pass, which may write the exps over the logits (out=logits).
         lanes[:] = 0.0
         lanes_w[:] = 0.0
-        for b0 in range(0, C, BLOCK):
-            rb = row[b0:b0 + BLOCK]
-            tb = trow[b0:b0 + BLOCK]
+        for b0 in range(0, C, ROW_BLOCK):
+            rb = row[b0:b0 + ROW_BLOCK]
+            tb = trow[b0:b0 + ROW_BLOCK]
             for j in range(rb.size):
                 tc = (1.0 - smoothing) * tb[j] + smoothing / C
                 wt = tc if class_weight is None else class_weight[b0 + j] * tc
@@ -267,7 +267,7 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
     C = scores.shape[1]
     total = 0.0
     lanes = np.empty(LANES)
-    buf = np.empty(BLOCK)
+    buf = np.empty(ROW_BLOCK)
     for r in range(r0, r1):
         y = labels[r]
         row = scores[r]
@@ -276,8 +276,8 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
         sw = 1.0 if row_weight is None else row_weight[r]
         f = wy / C
         lanes[:] = 0.0
-        for b0 in range(0, C, BLOCK):
-            rb = row[b0:b0 + BLOCK]
+        for b0 in range(0, C, ROW_BLOCK):
+            rb = row[b0:b0 + ROW_BLOCK]
             for j in range(rb.size):
                 z = margin - xy + rb[j]
                 hit = (z > 0.0) and (b0 + j != y)
@@ -289,9 +289,9 @@ def multi_margin_rows(scores, labels, class_weight, row_weight, power, margin, v
             grow = grad[r]
             gs = f * sw * scale
             lanes[:] = 0.0
-            for b0 in range(0, C, BLOCK):
-                rb = row[b0:b0 + BLOCK]
-                gb = grow[b0:b0 + BLOCK]
+            for b0 in range(0, C, ROW_BLOCK):
+                rb = row[b0:b0 + ROW_BLOCK]
+                gb = grow[b0:b0 + ROW_BLOCK]
                 for j in range(rb.size):
                     z = margin - xy + rb[j]
                     hit = (z > 0.0) and (b0 + j != y)
