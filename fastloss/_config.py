@@ -46,8 +46,9 @@ CHUNK = 1 << 15
 #: cores is 256; on a 2-core Sapphire Rapids-class VM, one core in cache, 512 made every
 #: elementwise kernel 1.13-1.55 times faster (bce_with_logits' value and gradient 1.39 -> 0.92
 #: ns per element). CPUs without AVX-512 are unaffected. The elementwise kernels have it in their
-#: generated text (a change builds new kernels); the row kernels and the streaming read read it
-#: when Numba compiles them, so after changing it clear Numba's cache of fastloss/kernels.
+#: generated text (a change builds new kernels); the row kernels read it when Numba compiles
+#: them, so after changing it clear Numba's cache of fastloss/kernels. (The streaming read of
+#: the benchmarks' ceiling keeps LLVM's choice: it measured the same at either width.)
 CPU_VECTOR_BITS = 512
 
 #: How far ahead (bytes) the elementwise CPU kernels' block loops prefetch their inputs (0:
