@@ -150,9 +150,10 @@ if weight is not None:
 _GRAD_LOOP = "for i in range(pred.size):\n" + textwrap.indent(
     _GRAD_WORK.format(t="target[i]", p="pred[i]", w="wv[i]", g="grad[i]", opts="PI"), "    ")
 
-# The same map block by block, for a derivative with a binary-target variant ({deriv} is either):
-# only then: blocks cost the arithmetic losses' gradient 8-15% per element in cache (mse, huber),
-# and so did one loop over the whole chunk written with the block's names (mse 8%).
+# The same map block by block, for a derivative with a binary-target variant ({deriv} is either)
+# or with exp or log (whose blocks prefetch: see _PREFETCH). Not for the arithmetic losses: blocks
+# cost their gradient 8-15% per element in cache (mse, huber), and so did one loop over the
+# whole chunk written with the block's names (mse 8%).
 _GRAD_STEP = _GRAD_WORK.format(t="tb[j]", p="pb[j]", w="wb[j]", g="gb[j]", opts="PJ")
 
 # The per-element work of value_chunk and both_chunk: l (and g) for element j of the group views
@@ -329,9 +330,11 @@ def _prefetch_text():
 
 
 def _grad_blocks(step, step01, windowed):
-    """grad_chunk's loop block by block, for a derivative with a binary-target variant."""
-    return _FIRST_BLOCK + _BLOCKS.format(VIEWS=_block_views("BLOCK", windowed, True, vals=False), **_prefetch_text(),
-                                         MAPS=_maps(_GRAD_MAP, step, step01))
+    """grad_chunk's loop block by block: for a derivative with a binary-target variant
+    (``step01``), or one with exp or log when prefetching is on (``step01`` None)."""
+    loop = _BLOCKS.format(VIEWS=_block_views("BLOCK", windowed, True, vals=False), **_prefetch_text(),
+                          MAPS=_maps(_GRAD_MAP, step, step01))
+    return loop if step01 is None else _FIRST_BLOCK + loop
 
 
 # A step's update of the target flags (t: the step's target element). The flags are int32, not
@@ -412,9 +415,12 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
         return _lane_loop(*steps(step, consts, variants), not src.math_used, windowed, grad)
 
     def grad_loop(consts):
-        if deriv01 is None:
-            return _GRAD_LOOP.format(**fill(consts))
-        return _grad_blocks(*steps(_GRAD_STEP, consts, True), [a for a in args if a not in consts])
+        windowed = [a for a in args if a not in consts]
+        if deriv01 is not None:
+            return _grad_blocks(*steps(_GRAD_STEP, consts, True), windowed)
+        if src.math_used and _config.CPU_PREFETCH_BYTES:  # blocks, to prefetch (see _PREFETCH)
+            return _grad_blocks(*steps(_GRAD_STEP, consts, False), windowed)
+        return _GRAD_LOOP.format(**fill(consts))
 
     value_loop = _fast_branches(lambda c: lane_loop(_VALUE_STEP, c, False, value01 is not None), fast)
     both_loop = _fast_branches(lambda c: lane_loop(_BOTH_STEP, c, True, binary), fast)
