@@ -49,8 +49,13 @@ def _row_max(row, mlanes):
 
 
 @njit(**CPU_SCALAR)
-def _sum_exp(row, m, lanes, buf, ahead, ahead2, ahead_stop):
+def _sum_exp(row, m, lanes, out, ahead, ahead2, ahead_stop):
     """Σ_c exp(row[c] − m), terms in the row's dtype, summed in float64.
+
+    ``out`` takes the terms: a buffer of ROW_BLOCK that each block reuses, or, with a gradient,
+    the row's gradient (as long as the row), which keeps them there for the gradient pass to
+    scale instead of computing every exp again. The terms and their order are the same either
+    way, so the sum is the same bit for bit with or without a gradient.
 
     It also prefetches ``ahead[:ahead_stop]`` (the next row; and ``ahead2``'s unless None), a
     group of LANES elements per group of exps (see _prefetch_stop): spread out, not all at
@@ -58,40 +63,20 @@ def _sum_exp(row, m, lanes, buf, ahead, ahead2, ahead_stop):
     prefetches a block is one group: groups of LANES cost up to 11% where the row is too small
     to prefetch (4096×1000)."""
     lanes[:] = 0.0
+    keep = out.size >= row.size
     group = LANES if ahead_stop else ROW_BLOCK
     for b0 in range(0, row.size, ROW_BLOCK):
         rb = row[b0:b0 + ROW_BLOCK]
+        ob = out[b0:b0 + ROW_BLOCK] if keep else out
         for g0 in range(0, rb.size, group):
             stop = min(b0 + g0 + group, ahead_stop)
             prefetch_lines(ahead, b0 + g0, stop)
             if ahead2 is not None:
                 prefetch_lines(ahead2, b0 + g0, stop)
-            rg, bg = rb[g0:g0 + group], buf[g0:g0 + group]
+            rg, og = rb[g0:g0 + group], ob[g0:g0 + group]
             for j in range(rg.size):
-                bg[j] = vexp(rg[j] - m)
-        lanes_add(lanes, buf[:rb.size])
-    return lane_sum(lanes)
-
-
-@njit(**CPU_SCALAR)
-def _sum_exp_into(row, m, lanes, grow, ahead, ahead2, ahead_stop):
-    """Σ_c exp(row[c] − m) like ``_sum_exp`` (the same terms, added in the same order, so the
-    same sum bit for bit, and the same prefetches), keeping the terms in ``grow``: the gradient
-    pass then scales them instead of computing every exp again."""
-    lanes[:] = 0.0
-    group = LANES if ahead_stop else ROW_BLOCK
-    for b0 in range(0, row.size, ROW_BLOCK):
-        rb = row[b0:b0 + ROW_BLOCK]
-        gb = grow[b0:b0 + ROW_BLOCK]
-        for g0 in range(0, rb.size, group):
-            stop = min(b0 + g0 + group, ahead_stop)
-            prefetch_lines(ahead, b0 + g0, stop)
-            if ahead2 is not None:
-                prefetch_lines(ahead2, b0 + g0, stop)
-            rg, gg = rb[g0:g0 + group], gb[g0:g0 + group]
-            for j in range(rg.size):
-                gg[j] = vexp(rg[j] - m)
-        lanes_add(lanes, gb)
+                og[j] = vexp(rg[j] - m)
+        lanes_add(lanes, ob[:rb.size])
     return lane_sum(lanes)
 
 
@@ -163,7 +148,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
         if grad is None:
             s = _sum_exp(row, m, lanes, buf, ahead, None, ahead_stop)
         else:
-            s = _sum_exp_into(row, m, lanes, grad[r], ahead, None, ahead_stop)
+            s = _sum_exp(row, m, lanes, grad[r], ahead, None, ahead_stop)
         log_s = np.log(s)
         wy = 1.0 if class_weight is None else class_weight[y]
         # lse − x_y as (m − x_y) + log s, in float64: forming lse = m + log s first rounds at
@@ -179,7 +164,7 @@ def ce_labels_rows(logits, labels, class_weight, row_weight, ignore_index, smoot
         if grad is not None:
             grow = grad[r]
             gs = sw * scale
-            e_y = np.float64(grow[y])  # exp(x_y − m), kept there by _sum_exp_into
+            e_y = np.float64(grow[y])  # exp(x_y − m), kept there by _sum_exp
             a = (1.0 - smoothing) * wy + smoothing / C * cw_sum
             _scale(grow, dt(a * gs / s))
             if smoothing != 0.0:
@@ -237,7 +222,7 @@ def ce_probs_rows(logits, probs, class_weight, row_weight, smoothing, vals, grad
         if grad is None:
             s = _sum_exp(row, m, lanes, buf, logits[nxt], probs[nxt], ahead_stop)
         else:
-            s = _sum_exp_into(row, m, lanes, grad[r], logits[nxt], probs[nxt], ahead_stop)
+            s = _sum_exp(row, m, lanes, grad[r], logits[nxt], probs[nxt], ahead_stop)
         l = wsum * np.log(s) + shifted
         sw = 1.0 if row_weight is None else row_weight[r]
         l = l * sw
