@@ -49,8 +49,9 @@ Design notes
   at the end (exp needs none: clamping its argument gives 0 and inf, and NaN
   passes through the reduction); the main path is evaluated for every lane.
 * The few bit-level operations (2**k from an integer, splitting a float into
-  exponent and mantissa, round-to-nearest-integer) are ``@intrinsic``\\ s that
-  emit plain LLVM integer/float instructions, all of which vectorise.  Where the
+  exponent and mantissa) are ``@intrinsic``\\ s that emit plain LLVM integer/float
+  instructions, all of which vectorise.  exp rounds x/ln2 to an integer k by adding
+  1.5 * 2**mantissa_bits (the "shifter") and reads k off the sum's bits.  Where the
   target has AVX-512, exp's final ``p * 2**k`` is ``llvm.ldexp`` instead (one
   vscalef; without AVX-512 LLVM would turn it into libm calls): the same result
   bit for bit, about a fifth of exp's instructions fewer.
@@ -260,7 +261,7 @@ def _fit_coefficients(dps: int = 60) -> dict:
 
 # ---------------------------------------------------------------------------
 # Bit-level intrinsics.  Each emits a handful of plain LLVM instructions
-# (no calls other than llvm.rint), so the loop vectoriser can widen them.
+# (and at most a call of llvm.ldexp), so the loop vectoriser can widen them.
 # ---------------------------------------------------------------------------
 
 # float type -> (integer width, mantissa bits, exponent bias)
@@ -277,20 +278,6 @@ def _pow2_from_int(builder, k, ftype, fty):
     ity = ir.IntType(width)
     biased = builder.add(k, ir.Constant(ity, bias))
     return builder.bitcast(builder.shl(biased, ir.Constant(ity, mbits)), fty)
-
-
-@intrinsic
-def _rint(typingctx, x):
-    """Round to nearest integer, ties to even (llvm.rint -> roundsd/vrndscale)."""
-    if not _is_float(x):
-        return None
-
-    def codegen(context, builder, sig, args):
-        (val,) = args
-        fn = builder.module.declare_intrinsic("llvm.rint", [val.type])
-        return builder.call(fn, [val])
-
-    return x(x), codegen
 
 
 @intrinsic
@@ -317,35 +304,49 @@ def _has_vector_ldexp(context):
     return triple.startswith(("x86_64", "i686", "i386")) and "+avx512f" in features.split(",")
 
 
-@intrinsic
-def _scale2k(typingctx, p, kf):
-    """p * 2.0**k for an integral float k in the range needed by exp.
+def _shifter(ftype):
+    """1.5 * 2**mbits: any float t = y + SHIFTER with |y| < 2**(mbits - 1) lies where the ulp is 1,
+    so it is y rounded to an integer k, plus SHIFTER, and its bit pattern minus SHIFTER's is k."""
+    return 1.5 * 2.0 ** _LAYOUT[ftype][1]
 
-    With AVX-512, ``llvm.ldexp`` (one vscalef instruction). Otherwise 2**k is applied as two
-    factors 2**(k//2) and 2**(k - k//2), both normal numbers, so k may run past the normal
-    exponent range in either direction: the first multiply is exact, the second rounds once.
-    Either way the product is rounded once -- to a correctly scaled subnormal, to 0, or to inf
-    -- so both give the same result bit for bit.
+
+@intrinsic
+def _scale2k(typingctx, p, t):
+    """p * 2.0**k, where t = k + SHIFTER (see ``_shifter``) for an integer k in the range exp needs.
+
+    k is read off t's bits (an integer subtraction), not converted from a float: fewer
+    instructions, and no float-to-integer conversion, whose result LLVM treats as undefined
+    (poison) for a NaN. With AVX-512, ``llvm.ldexp`` (one vscalef instruction). Otherwise 2**k is
+    applied as two factors 2**(k//2) and 2**(k - k//2), both normal numbers, so k may run past
+    the normal exponent range in either direction: the first multiply is exact, the second
+    rounds once. Either way the product is rounded once -- to a correctly scaled subnormal, to
+    0, or to inf -- so both give the same result bit for bit. A NaN t gives a meaningless k,
+    which only ever meets a NaN p (exp's r is NaN too): the two-factor path's factors are then
+    zeros, powers of two or infinities, never NaN, so p's NaN comes out unchanged on both paths.
     """
-    if not (_is_float(p) and kf == p):
+    if not (_is_float(p) and t == p):
         return None
 
     def codegen(context, builder, sig, args):
-        val, k = args
+        val, shifted = args
         ftype = sig.args[0]
         width = _LAYOUT[ftype][0]
+        ity = ir.IntType(width)
+        np_f, np_i = (np.float32, np.int32) if width == 32 else (np.float64, np.int64)
+        shifter_bits = int(np.array(_shifter(ftype), dtype=np_f).view(np_i))
+        ki = builder.sub(builder.bitcast(shifted, ity), ir.Constant(ity, shifter_bits))
         if _has_vector_ldexp(context):
-            ki = builder.fptosi(k, ir.IntType(32))
+            if width != 32:
+                ki = builder.trunc(ki, ir.IntType(32))
             name = f"llvm.ldexp.{'f32' if width == 32 else 'f64'}.i32"
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(val.type, [val.type, ki.type]), name)
             return builder.call(fn, [val, ki])
-        ki = builder.fptosi(k, ir.IntType(width))
         k1 = builder.ashr(ki, ir.Constant(ki.type, 1))
         k2 = builder.sub(ki, k1)
         val = builder.fmul(val, _pow2_from_int(builder, k1, ftype, val.type))
         return builder.fmul(val, _pow2_from_int(builder, k2, ftype, val.type))
 
-    return p(p, kf), codegen
+    return p(p, t), codegen
 
 
 @intrinsic
@@ -432,6 +433,7 @@ def _build(np_float):
     LOG2E = F(1.0 / math.log(2))
     # |k| < 2**11 (float64) / 2**8 (float32) covers every reduction below.
     LN2_HI, LN2_LO = _split_ln2(F, 8 if is32 else 11)
+    SHIFTER = F(_shifter(types.float32 if is32 else types.float64))
 
     # exp: below EXP_LO the result is 0, above EXP_HI it is inf; clamping to
     # these values keeps k in range and the final scaling produces 0 / inf.
@@ -452,18 +454,18 @@ def _build(np_float):
 
     @register_jitable(**_IMPL_OPTIONS)
     def exp_reduce(x):
-        """k, r with x ~= k*ln2 + r, |r| <= ln2/2, x clamped to the useful range; r is NaN
-        for a NaN x, so the result needs no NaN select at the end. Each clamp is one
-        vminps/vmaxps: xc passes NaN through, xk (for k) maps it to EXP_HI, because k becomes
-        an integer and a NaN's conversion would be poison in LLVM's semantics."""
-        xc = EXP_HI if x > EXP_HI else x
-        xc = EXP_LO if xc < EXP_LO else xc
-        xk = x if x < EXP_HI else EXP_HI
-        xk = xk if xk > EXP_LO else EXP_LO
-        kf = _rint(xk * LOG2E)
+        """t, k, r with x ~= k*ln2 + r, |r| <= ln2/2 (a little more), t = k + SHIFTER (for
+        _scale2k), x clamped to the useful range. Each clamp is one vmaxps/vminps that passes
+        NaN through: r is then NaN, so the result needs no NaN select at the end. k is rounded
+        by the shifter's addition (one FMA with the multiply), not by an instruction of its
+        own, and _scale2k reads it off t's bits."""
+        xc = EXP_LO if x < EXP_LO else x
+        xc = EXP_HI if xc > EXP_HI else xc
+        t = xc * LOG2E + SHIFTER
+        kf = t - SHIFTER  # exact
         # Cody-Waite: kf*LN2_HI is exact and so is the subtraction (Sterbenz).
         r = (xc - kf * LN2_HI) - kf * LN2_LO
-        return kf, r
+        return t, kf, r
 
     @register_jitable(**_IMPL_OPTIONS)
     def log1p_kernel(f, kf, c):
@@ -479,18 +481,19 @@ def _build(np_float):
         return kf * LN2_HI - ((hfsq - tail) - f)
 
     def vexp_impl(x):
-        kf, r = exp_reduce(x)
-        p = ONE + (r + r * r * exp_poly(r))
-        return _scale2k(p, kf)  # NaN: r and so p are NaN
+        t, kf, r = exp_reduce(x)
+        # exp(r) = 1 + r (1 + r P(r)) by Horner's rule: one operation fewer than 1 + (r + r^2 P)
+        p = ONE + r * (ONE + r * exp_poly(r))
+        return _scale2k(p, t)  # NaN: r and so p are NaN
 
     def vexpm1_impl(x):
         xc = x if x > EXPM1_LO else EXPM1_LO
-        kf, r = exp_reduce(xc)
+        t, kf, r = exp_reduce(xc)
         em1 = r + r * r * exp_poly(r)  # exp(r) - 1
         # exp(x) - 1 = 2**k * (em1 + (1 - 2**-k)); for k = 0 this is em1 itself
         # (full relative accuracy near 0), and 1 - 2**-k is exact for small |k|.
         kc = kf if kf < EXPM1_KCAP else EXPM1_KCAP
-        y = _scale2k(em1 + (ONE - _pow2(-kc)), kf)
+        y = _scale2k(em1 + (ONE - _pow2(-kc)), t)
         # x == 0 keeps the sign of zero (em1 is +0 for x = -0).
         return x if (x != x) | (x == ZERO) else y
 
