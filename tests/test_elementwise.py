@@ -743,6 +743,46 @@ def test_bce_binary_target_blocks_give_the_same_numbers(fl, dtype, rng):
         assert np.isnan(v[:BLOCK][(p < 0) | (p > 1) | np.isnan(p)]).all()
 
 
+_LOGIT_VARIANT_CASES = [
+    ("bce_with_logits", {}), ("bce_with_logits", {"pos_weight": 3.0}), ("bce_with_logits", {"pos_weight": -2.0}),
+    ("bce_with_logits", {"pos_weight": 0.0}), ("bce_with_logits", {"pos_weight": np.inf}),
+    ("bce_with_logits", {"pos_weight": "array"}),
+    ("sigmoid_focal", {}), ("sigmoid_focal", {"alpha": -1.0}), ("sigmoid_focal", {"alpha": 1.0, "gamma": 0.5}),
+    ("sigmoid_focal", {"alpha": 0.0, "gamma": 0.0}), ("sigmoid_focal", {"gamma": 1.0}),
+    ("sigmoid_focal", {"alpha": 0.5, "gamma": 3.7}),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, options", _LOGIT_VARIANT_CASES)
+def test_logit_losses_binary_target_blocks_give_the_same_numbers(fl, name, options, dtype, rng):
+    """bce_with_logits's and sigmoid_focal's 0/1-target values and gradients (one softplus, one
+    sigmoid fewer; binary.py: bce_logits01, focal_value01, ...) must be what the general formulas
+    give, bit for bit:
+    the same logits, edges included, in a block of 0/1 targets and in a block with one soft
+    target, for option values that make terms zero, negative or infinite."""
+    from fastloss._config import BLOCK
+    big = float(np.finfo(dtype).max)
+    edges = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-7, -1e-7, 0.5, -0.5, 15.0, -15.0, 40.0, -40.0, 90.0, -90.0,
+                      750.0, -750.0, 1e30, -1e30, big, -big, np.inf, -np.inf, np.nan], dtype)
+    x = np.concatenate([edges, rng.normal(0, 6, BLOCK - edges.size)]).astype(dtype)
+    xx = np.concatenate([x, x])
+    options = dict(options)
+    if options.get("pos_weight") == "array":
+        w = np.concatenate([[0.0, -1.0, np.inf], rng.uniform(-3, 3, BLOCK - 3)]).astype(dtype)
+        options["pos_weight"] = np.concatenate([w, w])
+    loss = getattr(fl, name)
+    for t in (np.zeros(BLOCK, dtype), np.ones(BLOCK, dtype), np.where(rng.random(BLOCK) < 0.5, 1.0, -0.0).astype(dtype)):
+        mixed = t.copy()
+        mixed[-1] = 0.25  # this block takes the general formula
+        tt = np.concatenate([t, mixed])
+        v = loss(xx, tt, reduction="none", **options)
+        _assert_same_bits(v[:BLOCK - 1], v[BLOCK:-1])
+        v2, g = loss.value_and_grad(xx, tt, reduction="none", **options)
+        _assert_same_bits(v2, v)
+        _assert_same_bits(g[:BLOCK - 1], g[BLOCK:-1])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bce_blocks_of_any_targets_after_any_others(fl, dtype, rng):
     """A block runs bce's 0/1 form when the block before it had only 0/1 targets, and runs again

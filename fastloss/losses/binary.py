@@ -31,6 +31,15 @@ def bce_logits(x, t, pos_weight):
     return a + b
 
 
+def bce_logits01(x, t, pos_weight):
+    """bce_logits for t = 0 or 1: the one term that t keeps, w·softplus(−x) or softplus(x), as
+    softplus(y) with y = ∓x, by the same operations, so the same number bit for bit (the + 0.0
+    is bce_logits's sum with the skipped term: it makes a −0 from a negative w a +0)."""
+    y = -x if t == 1.0 else x
+    sp = (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(x)
+    return (pos_weight if t == 1.0 else 1.0) * sp + 0.0
+
+
 # -- bce ------------------------------------------------------------------------------------------
 def log_of_sum(u, e):
     """log(u + e) where e is the rounding error of the sum that gave u (|e| ≤ half an ulp of u):
@@ -90,10 +99,20 @@ Reference: torch.nn.functional.binary_cross_entropy.
 
 
 # -- bce_with_logits ------------------------------------------------------------------------------
+@binary_target_variant(bce_logits01)
 def bce_logits_value(x, t, pos_weight):
     return bce_logits(x, t, pos_weight)
 
 
+def bce_logits_deriv01(x, t, pos_weight):
+    # bce_logits_deriv for t = 0 or 1 with one sigmoid: for t = ±0 the w·t·σ(−x) term is a zero
+    # (or NaN, for an infinite w) with the sign of w·t, so subtracting w·t gives the same bits;
+    # for t = 1 the (1 − t)·σ(x) term is +0.
+    s = sigmoid(-x if t == 1.0 else x)
+    return (0.0 - pos_weight * s) if t == 1.0 else (s - pos_weight * t)
+
+
+@binary_target_variant(bce_logits_deriv01)
 def bce_logits_deriv(x, t, pos_weight):
     # (1 − t) σ(x) − w t σ(−x)   (= σ(x) − t when w = 1)
     return (1.0 - t) * sigmoid(x) - pos_weight * t * sigmoid(-x)
@@ -201,6 +220,19 @@ def pow_unit(u, g):
 
 
 # -- sigmoid_focal --------------------------------------------------------------------------------
+def focal_value01(x, t, alpha, gamma):
+    # focal_value for t = 0 or 1 with one sigmoid: 1 − p_t is σ(y), y = ∓x (the other sigmoid's
+    # term is a zero), the cross-entropy softplus(y), α_t is α or 1 − α; the same operations on
+    # what is kept, so the same number bit for bit.
+    y = -x if t == 1.0 else x
+    ce = (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(x)
+    l = ce * pow_unit(sigmoid(y), gamma)
+    if alpha >= 0.0:
+        l = l * (alpha if t == 1.0 else 1.0 - alpha)
+    return l
+
+
+@binary_target_variant(focal_value01)
 def focal_value(x, t, alpha, gamma):
     # torchvision: ce · (1 − p_t)^γ · α_t, with 1 − p_t = σ(x)(1 − t) + σ(−x) t computed from
     # both sigmoids so that it keeps its precision when it is small.
@@ -212,6 +244,25 @@ def focal_value(x, t, alpha, gamma):
     return l
 
 
+def focal_deriv01(x, t, alpha, gamma):
+    # focal_deriv for t = 0 or 1, the same operations on what is kept (see focal_value01): with
+    # y = ∓x, u = σ(y), v = σ(−y), (1 − t) p − t q is u or +0 − u, p q is u v, 1 − 2t is ±1.
+    one = t == 1.0
+    y = -x if one else x
+    u = sigmoid(y)
+    v = sigmoid(-y)
+    ce = (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(x)
+    ug = pow_unit(u, gamma)
+    g = ((0.0 - u) if one else u) * ug
+    uv = u * v
+    if gamma != 0.0 and u > 0.0 and uv != 0.0:
+        g = g + ce * gamma * (ug / u) * uv * (-1.0 if one else 1.0)
+    if alpha >= 0.0:
+        g = g * (alpha if one else 1.0 - alpha)
+    return g
+
+
+@binary_target_variant(focal_deriv01)
 def focal_deriv(x, t, alpha, gamma):
     p = sigmoid(x)
     q = sigmoid(-x)
