@@ -35,6 +35,19 @@ def float32_variant(f32_fn):
     return mark
 
 
+def fused_multiply_add(fn):
+    """Decorator for a helper of a loss's math: in CPU kernels each ``x * y + z`` in it (also
+    ``z + x * y``, ``x * y - z``, ``z - x * y``) is one fused multiply-add, rounded once. For a
+    polynomial by Horner's rule, where it halves the operations and is never less accurate (a
+    loss's kernels take no 'contract' flag, which would let LLVM fuse in one kernel and not in
+    another: see _config). Not for a difference of products that must cancel exactly:
+    ``x * x - y * y`` fused is the rounding error of ``y * y`` where x == y, not 0. CUDA kernels,
+    plain Python and the simulator see the expressions as written; the GPU's compiler fuses
+    them there anyway."""
+    fn._fastloss_fma = True
+    return fn
+
+
 def binary_target_variant(fn01):
     """Decorator for a loss's value or derivative function: CPU kernels call ``fn01`` (same
     arguments) instead on blocks of elements whose targets are all exactly 0 or 1, and the

@@ -7,7 +7,7 @@ import pytest
 from _cases import sample_weight
 from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches
 from conftest import GPU_BACKENDS, assert_close
-from fastloss import binary_target_variant, float32_variant
+from fastloss import binary_target_variant, float32_variant, fused_multiply_add
 
 
 def ph_value(pred, target, delta):
@@ -494,3 +494,42 @@ def test_an_option_named_axis_is_just_an_option(fl, backend):
     v, g = loss.value_and_grad(backend.to_backend(p), backend.to_backend(t), axis=3.0, reduction="sum")
     assert_close(backend.to_numpy(v), 3.0 * np.sum(p * p), np.float64)
     assert_close(backend.to_numpy(g), 6.0 * p, np.float64)
+
+
+def _square_gap(x, y):
+    return x * x - y * y
+
+
+@fused_multiply_add
+def _square_gap_fused(x, y):
+    return x * x - y * y
+
+
+def _fused_probe_value(p, t):
+    return _square_gap_fused(p, t)
+
+
+def _unfused_probe_value(p, t):
+    return _square_gap(p, t)
+
+
+def _zero_deriv(p, t):
+    return 0.0 * p
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_fused_multiply_add_rounds_once_in_cpu_kernels(fl, dtype, rng):
+    """fl.fused_multiply_add: in CPU kernels x * x - y * y of a marked helper is one fused
+    multiply-add, fma(x, x, -(y * y)), so at x == y it is the exact rounding error of y * y
+    (computed here with fractions), where the same expression unmarked is exactly 0; plain
+    Python still evaluates it as written."""
+    from fractions import Fraction
+    fused = fl.elementwise_loss(_fused_probe_value, _zero_deriv, name="fused_probe")
+    plain = fl.elementwise_loss(_unfused_probe_value, _zero_deriv, name="unfused_probe")
+    x = rng.uniform(0.5, 4.0, 300).astype(dtype)
+    expected = np.array([float(Fraction(float(v)) ** 2 - Fraction(float(v * v))) for v in x]).astype(dtype)
+    got = fused(x, x.copy(), reduction="none")
+    np.testing.assert_array_equal(got, expected)
+    assert np.count_nonzero(got) > 200  # most squares round, so the probe can tell fused from not
+    np.testing.assert_array_equal(plain(x, x.copy(), reduction="none"), np.zeros_like(x))
+    assert _square_gap_fused(1.1, 1.1) == 0.0

@@ -220,6 +220,28 @@ def test_subnormal_results_and_inputs():
         _check("log", sub)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_log_nonneg_is_log_without_its_special_inputs(dtype):
+    """vmath.vlog_nonneg (bce's 0/1-target log) must give vlog's bits for every positive finite
+    input, subnormals included -- a stride through the float32 bit patterns, random float64 ones
+    -- and at +0 a finite number below log of the smallest subnormal (so that bce's -100 clamp
+    treats it as -inf), not NaN or -inf."""
+    itype = np.int32 if dtype == np.float32 else np.int64
+    top = int(np.array(np.finfo(dtype).max, dtype=dtype).view(itype))
+    if dtype == np.float32:
+        bits = np.arange(1, top, 61, dtype=itype)
+    else:
+        bits = np.random.default_rng(11).integers(1, top, 4_000_000, dtype=itype)
+    x = np.concatenate([bits.view(dtype), np.array([np.finfo(dtype).max, 1.0], dtype)])
+    got, want, at0 = np.empty_like(x), np.empty_like(x), np.empty(4, dtype)
+    _loop_kernel(vmath.vlog_nonneg)(x, got)
+    _loop_kernel(vlog)(x, want)
+    np.testing.assert_array_equal(got.view(itype), want.view(itype))
+    _loop_kernel(vmath.vlog_nonneg)(np.zeros(4, dtype), at0)
+    assert np.isfinite(at0).all() and (at0 < math.log(float(np.finfo(dtype).smallest_subnormal))).all()
+    assert vmath.vlog_nonneg(dtype(0.0)) < math.log(float(np.finfo(dtype).smallest_subnormal))  # Python fallback
+
+
 def test_dtype_and_types_in_njit():
     @numba.njit
     def both(a, b, i):

@@ -61,6 +61,14 @@ class ScalarSource:
         self.injected = injected
 
 
+def _import_module(fn):
+    """Where a generated module imports a function marked ``_fastloss_jit_import`` from: the
+    module the mark names (vmath's stubs live in vmath_stubs.py but their overloads are
+    registered by importing vmath), or else the function's own."""
+    mark = getattr(fn, "_fastloss_jit_import", None)
+    return mark if isinstance(mark, str) else fn.__module__
+
+
 class _NoSource(Exception):
     pass
 
@@ -153,6 +161,37 @@ class _FromMath(ast.NodeTransformer):
         return node
 
 
+class _FusedMultiplyAdds(ast.NodeTransformer):
+    """``x * y + z``, ``z + x * y``, ``x * y - z`` and ``z - x * y`` become calls of ``fma_name``
+    (x, y, ±z), innermost first, so a Horner step ``s * z + c`` that feeds the next is fused too."""
+
+    def __init__(self, fma_name):
+        self.fma_name, self.count = fma_name, 0
+
+    @staticmethod
+    def _is_mult(node):
+        return isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult)
+
+    def visit_BinOp(self, node):
+        self.generic_visit(node)
+        if not isinstance(node.op, (ast.Add, ast.Sub)):
+            return node
+        left, right = node.left, node.right
+        if self._is_mult(left):
+            x, y, z = left.left, left.right, right
+            if isinstance(node.op, ast.Sub):
+                z = ast.UnaryOp(op=ast.USub(), operand=z)
+        elif self._is_mult(right):
+            x, y, z = right.left, right.right, left
+            if isinstance(node.op, ast.Sub):
+                x = ast.UnaryOp(op=ast.USub(), operand=x)
+        else:
+            return node
+        self.count += 1
+        call = ast.Call(func=ast.Name(id=self.fma_name, ctx=ast.Load()), args=[x, y, z], keywords=[])
+        return ast.copy_location(call, node)
+
+
 class _TypedFloats(ast.NodeTransformer):
     """Wraps float literals, and math's float constants (``math.nan``, ``math.inf``, ``math.pi``,
     ...), in ``FLOAT(...)``: with FLOAT = np.float32 a float32 kernel computes in float32 (a bare
@@ -181,8 +220,9 @@ class _TypedFloats(ast.NodeTransformer):
 class _Collector:
     """Copies functions and what they use into one module text, renaming functions uniquely."""
 
-    def __init__(self, prefix, replace_math=None, typed_floats=False, dtype=None):
+    def __init__(self, prefix, replace_math=None, typed_floats=False, dtype=None, fma=None):
         self.replace_math = replace_math or {}
+        self.fma = fma
         self.float32 = dtype == "float32"
         self.typed_floats = typed_floats
         self.prefix = prefix
@@ -198,6 +238,7 @@ class _Collector:
             return self.names[id(fn)]
         gen_name = f"{self.prefix}{len(self.names)}_{fn.__name__}"
         self.names[id(fn)] = gen_name
+        fused = getattr(fn, "_fastloss_fma", False)
         if self.float32 and getattr(fn, "_fastloss_float32", None) is not None:
             fn = _plain_function(fn._fastloss_float32)  # copied under the decorated one's name
         try:
@@ -238,7 +279,7 @@ class _Collector:
                 renames[name] = const
             elif getattr(obj, "_fastloss_jit_import", None):
                 # A fastloss helper that kernels import rather than copy (e.g. vectorised exp).
-                self.imports.add(f"from {obj.__module__} import {obj.__name__} as _i_{obj.__name__}")
+                self.imports.add(f"from {_import_module(obj)} import {obj.__name__} as _i_{obj.__name__}")
                 renames[name] = f"_i_{obj.__name__}"
             elif isinstance(obj, types.FunctionType) or hasattr(obj, "py_func"):
                 renames[name] = self.add(obj)
@@ -258,7 +299,11 @@ class _Collector:
             calls = _MathCalls(math_aliases, self.replace_math)
             fdef = calls.visit(fdef)
             for rep in calls.used:
-                self.imports.add(f"from {rep.__module__} import {rep.__name__} as _i_{rep.__name__}")
+                self.imports.add(f"from {_import_module(rep)} import {rep.__name__} as _i_{rep.__name__}")
+        if (fused or getattr(fn, "_fastloss_fma", False)) and self.fma is not None:
+            fma_name = f"_i_{self.fma.__name__}"
+            self.imports.add(f"from {_import_module(self.fma)} import {self.fma.__name__} as {fma_name}")
+            fdef = ast.fix_missing_locations(_FusedMultiplyAdds(fma_name).visit(fdef))
         if self.typed_floats:
             fdef = ast.fix_missing_locations(_TypedFloats(math_aliases).visit(fdef))
         self.defs.append(ast.unparse(fdef))
@@ -287,7 +332,7 @@ def _literal(value):
     return repr(value)
 
 
-def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False, dtype=None):
+def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False, dtype=None, fma=None):
     """Source text defining each function of ``functions`` (role -> function) and its helpers.
 
     Each function is preceded by the decorator placeholder ``@SCALAR_JIT``; the template decides
@@ -296,9 +341,11 @@ def scalar_source(functions, prefix="_s", replace_math=None, typed_floats=False,
     uses vectorisable exp and log, see vmath.py; the GPU keeps ``math``, which is fast there).
     ``typed_floats``: float literals and float constants are wrapped in ``FLOAT(...)``, which the
     template defines as the compute dtype. ``dtype``: that compute dtype's name; "float32" copies
-    the float32 variants of functions that have one (``float32_variant``).
+    the float32 variants of functions that have one (``float32_variant``). ``fma``: a jit function
+    (a, b, c) -> a * b + c rounded once, which the ``a * b + c`` of functions marked
+    ``fused_multiply_add`` become (the CPU passes vmath's; elsewhere they stay as written).
     """
-    col = _Collector(prefix, replace_math, typed_floats, dtype)
+    col = _Collector(prefix, replace_math, typed_floats, dtype, fma)
     try:
         names = {role: col.add(fn) for role, fn in functions.items() if fn is not None}
     except _NoSource as exc:

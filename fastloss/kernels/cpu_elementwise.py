@@ -383,7 +383,8 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     deriv01 = getattr(deriv, "_fastloss_binary", None)
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags,
                                  "value01": value01, "deriv01": deriv01},
-                                replace_math=vmath.cpu_replacements(dtype), typed_floats=True, dtype=dtype)
+                                replace_math=vmath.cpu_replacements(dtype), typed_floats=True, dtype=dtype,
+                                fma=vmath.vfma)
     binary = value01 is not None or deriv01 is not None
     args = [local[n] for n in param_names if n not in static]
     p = "".join(f"{a}, " for a in args)

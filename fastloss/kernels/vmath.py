@@ -18,6 +18,10 @@ Public API (scalars; float32 in -> float32 out, float64 in -> float64 out)::
     vlog(x)    natural logarithm
     vlog1p(x)  log(1 + x), accurate near 0
     vsoftplus(x)  log(1 + e**x) (= log1p(exp(x)); the CPU code generator fuses that idiom)
+    vlog_nonneg(x)  vlog(x) for x > 0 without the special inputs' handling (for callers that
+                  select those away themselves; see its docstring)
+    vfma(a, b, c)  a * b + c rounded once (the code generator's form of the a * b + c in
+                  helpers marked ``fastloss.fused_multiply_add``)
 
 Inside ``@njit`` code they dispatch on the argument type (float32 uses its own
 shorter polynomials and float32 arithmetic; integers are treated as float64,
@@ -91,50 +95,13 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic, overload, register_jitable
 
-__all__ = ["vexp", "vexpm1", "vlog", "vlog1p", "vsoftplus", "register_cuda"]
+# The public stubs (their Python-level behaviour) live in vmath_stubs.py, which needs no Numba,
+# so that a loss's math may name one at import time (bce names vlog_nonneg); the overloads
+# registered at the bottom of this module are what @njit code calls.
+from .vmath_stubs import vexp, vexpm1, vfma, vlog, vlog1p, vlog_nonneg, vsoftplus
 
+__all__ = ["vexp", "vexpm1", "vlog", "vlog1p", "vsoftplus", "vlog_nonneg", "vfma", "register_cuda"]
 
-# ---------------------------------------------------------------------------
-# Public stubs: the Python-level behaviour.  Inside @njit code the overloads
-# registered at the bottom of this module are used instead.
-# ---------------------------------------------------------------------------
-
-def _py_fallback(ufunc, x):
-    with np.errstate(all="ignore"):
-        return ufunc(x)
-
-
-def vexp(x):
-    """``e**x``; vectorisable inside ``@njit`` loops (NumPy fallback in Python)."""
-    return _py_fallback(np.exp, x)
-
-
-def vexpm1(x):
-    """``e**x - 1`` accurate near 0; vectorisable inside ``@njit`` loops."""
-    return _py_fallback(np.expm1, x)
-
-
-def vlog(x):
-    """Natural logarithm; vectorisable inside ``@njit`` loops."""
-    return _py_fallback(np.log, x)
-
-
-def vlog1p(x):
-    """``log(1 + x)`` accurate near 0; vectorisable inside ``@njit`` loops."""
-    return _py_fallback(np.log1p, x)
-
-
-def vsoftplus(x):
-    """``log(1 + e**x)`` without overflow; vectorisable inside ``@njit`` loops."""
-    return _py_fallback(lambda v: np.logaddexp(0.0, v), x)
-
-
-# Generated kernel modules (kernels/codegen.py) import functions carrying this
-# marker instead of copying their source: the stubs only work through the
-# overloads registered here.
-for _stub in (vexp, vexpm1, vlog, vlog1p, vsoftplus):
-    _stub._fastloss_jit_import = True
-del _stub
 
 #: What the CPU code generator substitutes for ``math.*`` calls in a loss's scalar math.
 CPU_REPLACEMENTS = {"exp": vexp, "expm1": vexpm1, "log": vlog, "log1p": vlog1p}
@@ -278,6 +245,20 @@ def _pow2_from_int(builder, k, ftype, fty):
     ity = ir.IntType(width)
     biased = builder.add(k, ir.Constant(ity, bias))
     return builder.bitcast(builder.shl(biased, ir.Constant(ity, mbits)), fty)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (llvm.fma: one vfmadd, and it vectorises)."""
+    if not (_is_float(a) and a == b == c):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        fn = builder.module.declare_intrinsic("llvm.fma", [ty], ir.FunctionType(ty, [ty, ty, ty]))
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
 
 
 @intrinsic
@@ -497,12 +478,21 @@ def _build(np_float):
         # x == 0 keeps the sign of zero (em1 is +0 for x = -0).
         return x if (x != x) | (x == ZERO) else y
 
-    def vlog_impl(x):
+    @register_jitable(**_IMPL_OPTIONS)
+    def log_nonneg(x):
+        """log x for x > 0 (subnormals pre-scaled); at x = 0 the bits give k = -(bias + 1)
+        - SUB_SHIFT and m = 1, so k ln 2; garbage for other x."""
         tiny = x < MIN_NORMAL
         xs = x * (SUB_SCALE if tiny else ONE)
         kf, m = _split_sqrt2(xs)
         kf = kf - (SUB_SHIFT if tiny else ZERO)
-        y = log1p_kernel(m - ONE, kf, ZERO)
+        return log1p_kernel(m - ONE, kf, ZERO)
+
+    def vlog_nonneg_impl(x):
+        return log_nonneg(x)
+
+    def vlog_impl(x):
+        y = log_nonneg(x)
         # Special inputs in three compares and three selects (a form with four compares took
         # bce's value 13% longer): +inf and NaN pass through, then x <= 0 gives -inf at 0 and NaN
         # below, NaN staying NaN.
@@ -541,6 +531,7 @@ def _build(np_float):
         vlog: vlog_impl,
         vlog1p: vlog1p_impl,
         vsoftplus: vsoftplus_impl,
+        vlog_nonneg: vlog_nonneg_impl,
     }
 
 
@@ -569,8 +560,18 @@ def _register():
                 return to_float64
             return None
 
-    for stub in (vexp, vexpm1, vlog, vlog1p, vsoftplus):
+    for stub in (vexp, vexpm1, vlog, vlog1p, vsoftplus, vlog_nonneg):
         make_overload(stub)
+
+    @overload(vfma, jit_options=_IMPL_OPTIONS, target="cpu")
+    def ov_fma(a, b, c):
+        args = (a, b, c)
+        if all(_is_float(v) for v in args) and a == b == c:
+            return lambda a, b, c: _fma(a, b, c)
+        if all(isinstance(v, (types.Float, types.Integer, types.Boolean)) for v in args):
+            # mixed types: float64, as a * b + c would be
+            return lambda a, b, c: _fma(np.float64(a), np.float64(b), np.float64(c))
+        return None
 
 
 _register()

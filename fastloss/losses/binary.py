@@ -6,6 +6,7 @@ probabilities in [0, 1] for the cross-entropies and focal loss, and ±1 (or 0/1)
 import math
 
 from .._loss import Option, binary_target_variant, elementwise_loss
+from ..kernels.vmath_stubs import vlog_nonneg
 
 
 def log1p_exp_neg_abs(x):
@@ -58,9 +59,14 @@ def log1m(p):
 
 def bce_value01(p, t):
     # bce_value for t = 0 or 1, with one logarithm: the same operations on the term it keeps
-    # (log p is log_of_sum(p, 0)), so the same number, NaN for p outside [0, 1] included.
-    q = p if t == 1.0 else 1.0 - p
-    l = log_of_sum(q, 0.0 if t == 1.0 else (1.0 - q) - p)
+    # (log p is log_of_sum(p, 0)), so the same number, NaN for p outside [0, 1] included. The
+    # log is vmath's without its special inputs (vlog_nonneg), the same bits for q > 0: the
+    # −100 clamp and the range check do their work, as its result at q = 0 (about −110 in
+    # float32, −753 in float64) clamps to −100 as −inf does, and a q from a p outside [0, 1]
+    # (or NaN) gives NaN whatever the log made of it. (+ 0.0 makes p = −0 a +0, a zero to the log.)
+    q = (p + 0.0) if t == 1.0 else 1.0 - p
+    e = 0.0 if t == 1.0 else (1.0 - q) - p
+    l = vlog_nonneg(q) + (e / q if e != 0.0 else 0.0)  # log_of_sum(q, e)
     l = -100.0 if l < -100.0 else l
     return -l if (p >= 0.0 and p <= 1.0) else math.nan
 
