@@ -225,6 +225,13 @@ def pow_unit(u, g):
     return math.exp(g * math.log(u)) if u > 0.0 else (1.0 if g == 0.0 else 0.0 * u)
 
 
+def pow_unit_less_one(u, ug, g):
+    """u**(g − 1) for u > 0 from ug = u**g: ug / u (one power, not two), except at the focal
+    loss's default g = 2, where it is u itself (exact, and the kernels' loop for g = 2, with g
+    a constant there, does no division)."""
+    return u if g == 2.0 else ug / u
+
+
 # -- sigmoid_focal --------------------------------------------------------------------------------
 def focal_value01(x, t, alpha, gamma):
     # focal_value for t = 0 or 1 with one sigmoid: 1 − p_t is σ(y), y = ∓x (the other sigmoid's
@@ -262,7 +269,7 @@ def focal_deriv01(x, t, alpha, gamma):
     g = ((0.0 - u) if one else u) * ug
     uv = u * v
     if gamma != 0.0 and u > 0.0 and uv != 0.0:
-        g = g + ce * gamma * (ug / u) * uv * (-1.0 if one else 1.0)
+        g = g + ce * gamma * pow_unit_less_one(u, ug, gamma) * uv * (-1.0 if one else 1.0)
     if alpha >= 0.0:
         g = g * (alpha if one else 1.0 - alpha)
     return g
@@ -280,10 +287,10 @@ def focal_deriv(x, t, alpha, gamma):
     g = ((1.0 - t) * p - t * q) * ug
     pq = p * q
     if gamma != 0.0 and u > 0.0 and pq != 0.0:
-        # d u / dx = p q (1 − 2t), and u^(γ−1) = u^γ / u (one power, not two). The guards keep
+        # d u / dx = p q (1 − 2t), and u^(γ−1) from u^γ (pow_unit_less_one). The guards keep
         # 0·∞ out where u = 0 (where u^(γ−1) may be infinite) and where p q = 0 at an infinite
         # logit (where ce may be infinite); the term's limit there is 0.
-        g = g + ce * gamma * (ug / u) * pq * (1.0 - 2.0 * t)
+        g = g + ce * gamma * pow_unit_less_one(u, ug, gamma) * pq * (1.0 - 2.0 * t)
     if alpha >= 0.0:
         g = g * (alpha * t + (1.0 - alpha) * (1.0 - t))
     return g
