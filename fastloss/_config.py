@@ -4,7 +4,8 @@ Why no fastmath flags on the CPU kernels: 'reassoc' and 'contract' let LLVM roun
 different loops (a sum vectorised with another interleave, an FMA formed in one kernel and not in
 the other), so ``value_and_grad`` would not match ``loss(...)`` and ``loss.grad(...)`` bit for
 bit, nor one CPU another. Reductions instead accumulate into ``LANES`` explicit lanes, which LLVM
-vectorises without reassociation. 'nnan'/'ninf' (and fastmath=True) are never used anywhere: NaN
+vectorises without reassociation, and a loss's helper that wants FMAs asks for them explicitly
+(``fastloss.fused_multiply_add``: the same instruction in every kernel). 'nnan'/'ninf' (and fastmath=True) are never used anywhere: NaN
 and Inf must propagate as IEEE arithmetic says.
 """
 import os
