@@ -242,6 +242,29 @@ def test_log_nonneg_is_log_without_its_special_inputs(dtype):
     assert vmath.vlog_nonneg(dtype(0.0)) < math.log(float(np.finfo(dtype).smallest_subnormal))  # Python fallback
 
 
+def test_fma_rounds_once_and_keeps_types():
+    """vmath.vfma (the code generator's form of fl.fused_multiply_add): a * b + c rounded once
+    -- 1 + 2**-30 squared minus 1 keeps the 2**-60 that a multiply and an add lose -- with
+    float32 in float32, mixed types in float64, and integers as integers."""
+    @numba.njit
+    def f(a, b, c):
+        return vmath.vfma(a, b, c)
+
+    x = 1.0 + 2.0**-30
+    assert f(x, x, -1.0) == 2.0**-29 + 2.0**-60
+    assert x * x - 1.0 == 2.0**-29
+    assert vmath.vfma(x, x, -1.0) == 2.0**-29 + 2.0**-60  # Python fallback: exact too
+    assert f(np.float32(3.0), np.float32(2.0), np.float32(1.0)) == 7.0
+    f32, f64, i64 = types.float32, types.float64, types.int64
+    f(np.float32(1.0), 2.0, 3)
+    f(2, 3, 4)
+    assert f(2, 3, 4) == 10
+    rets = {sig.args: sig.return_type for sig in f.nopython_signatures}
+    assert rets[(f32, f32, f32)] == f32
+    assert rets[(f32, f64, i64)] == f64
+    assert rets[(i64, i64, i64)] == i64
+
+
 def test_dtype_and_types_in_njit():
     @numba.njit
     def both(a, b, i):

@@ -568,10 +568,13 @@ def _register():
         args = (a, b, c)
         if all(_is_float(v) for v in args) and a == b == c:
             return lambda a, b, c: _fma(a, b, c)
-        if all(isinstance(v, (types.Float, types.Integer, types.Boolean)) for v in args):
-            # mixed types: float64, as a * b + c would be
-            return lambda a, b, c: _fma(np.float64(a), np.float64(b), np.float64(c))
-        return None
+        numbers = (types.Float, types.Integer, types.Boolean)
+        if not all(isinstance(v, numbers) for v in args):
+            return None
+        if not any(isinstance(v, types.Float) for v in args):
+            return lambda a, b, c: a * b + c  # integers: exact as they are, and stay integers
+        # mixed types: float64, as a * b + c would be
+        return lambda a, b, c: _fma(np.float64(a), np.float64(b), np.float64(c))
 
 
 _register()
