@@ -166,7 +166,7 @@ class _FusedMultiplyAdds(ast.NodeTransformer):
     (x, y, ±z), innermost first, so a Horner step ``s * z + c`` that feeds the next is fused too."""
 
     def __init__(self, fma_name):
-        self.fma_name, self.count = fma_name, 0
+        self.fma_name = fma_name
 
     @staticmethod
     def _is_mult(node):
@@ -187,7 +187,6 @@ class _FusedMultiplyAdds(ast.NodeTransformer):
                 x = ast.UnaryOp(op=ast.USub(), operand=x)
         else:
             return node
-        self.count += 1
         call = ast.Call(func=ast.Name(id=self.fma_name, ctx=ast.Load()), args=[x, y, z], keywords=[])
         return ast.copy_location(call, node)
 

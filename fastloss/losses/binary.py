@@ -14,6 +14,11 @@ def log1p_exp_neg_abs(x):
     return math.log1p(math.exp(-abs(x)))
 
 
+def softplus(y):
+    """log(1 + e^y) as max(y, 0) + log(1 + e^(−|y|)), which never overflows."""
+    return (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(y)
+
+
 def sigmoid(x):
     """1 / (1 + e^(−x)) from e^(−|x|), which never overflows."""
     e = math.exp(-abs(x))
@@ -24,28 +29,28 @@ def bce_logits(x, t, pos_weight):
     """w·t·softplus(−x) + (1 − t)·softplus(x): two non-negative terms, so no cancellation (the
     textbook (1 − t)x + softplus(−x) loses everything at x = −40, t = 0). A term whose weight is
     exactly zero is skipped, so an infinite logit with a matching label costs 0, not 0·∞ = NaN."""
-    e = log1p_exp_neg_abs(x)
-    pos = (x if x > 0.0 else 0.0) + e  # softplus(x)
-    neg = (-x if x < 0.0 else 0.0) + e  # softplus(−x)
-    a = (1.0 - t) * pos if t != 1.0 else 0.0
-    b = pos_weight * t * neg if t != 0.0 else 0.0
+    a = (1.0 - t) * softplus(x) if t != 1.0 else 0.0
+    b = pos_weight * t * softplus(-x) if t != 0.0 else 0.0
     return a + b
 
 
 def bce_logits01(x, t, pos_weight):
-    """bce_logits for t = 0 or 1: the one term that t keeps, w·softplus(−x) or softplus(x), as
-    softplus(y) with y = ∓x, by the same operations, so the same number bit for bit (the + 0.0
-    is bce_logits's sum with the skipped term: it makes a −0 from a negative w a +0)."""
-    y = -x if t == 1.0 else x
-    sp = (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(x)
-    return (pos_weight if t == 1.0 else 1.0) * sp + 0.0
+    """bce_logits for t = 0 or 1: the one term that t keeps, w·softplus(−x) or softplus(x), by
+    the same operations, so the same number bit for bit (the + 0.0 is bce_logits's sum with the
+    skipped term: it makes a −0 from a negative w a +0)."""
+    return (pos_weight if t == 1.0 else 1.0) * softplus(-x if t == 1.0 else x) + 0.0
 
 
 # -- bce ------------------------------------------------------------------------------------------
+def with_sum_error(log_u, u, e):
+    """log(u + e) from log u, where e is the rounding error of the sum that gave u (|e| ≤ half an
+    ulp of u): log u + e/u, to first order, which is all such an e has."""
+    return log_u + (e / u if e != 0.0 else 0.0)
+
+
 def log_of_sum(u, e):
-    """log(u + e) where e is the rounding error of the sum that gave u (|e| ≤ half an ulp of u):
-    log u + e/u, to first order, which is all such an e has."""
-    return math.log(u) + (e / u if e != 0.0 else 0.0)
+    """log(u + e) where e is the rounding error of the sum that gave u (see with_sum_error)."""
+    return with_sum_error(math.log(u), u, e)
 
 
 def log1m(p):
@@ -66,7 +71,7 @@ def bce_value01(p, t):
     # (or NaN) gives NaN whatever the log made of it. (+ 0.0 makes p = −0 a +0, a zero to the log.)
     q = (p + 0.0) if t == 1.0 else 1.0 - p
     e = 0.0 if t == 1.0 else (1.0 - q) - p
-    l = vlog_nonneg(q) + (e / q if e != 0.0 else 0.0)  # log_of_sum(q, e)
+    l = with_sum_error(vlog_nonneg(q), q, e)  # log_of_sum(q, e), its log without special inputs
     l = -100.0 if l < -100.0 else l
     return -l if (p >= 0.0 and p <= 1.0) else math.nan
 
@@ -238,8 +243,7 @@ def focal_value01(x, t, alpha, gamma):
     # term is a zero), the cross-entropy softplus(y), α_t is α or 1 − α; the same operations on
     # what is kept, so the same number bit for bit.
     y = -x if t == 1.0 else x
-    ce = (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(x)
-    l = ce * pow_unit(sigmoid(y), gamma)
+    l = softplus(y) * pow_unit(sigmoid(y), gamma)
     if alpha >= 0.0:
         l = l * (alpha if t == 1.0 else 1.0 - alpha)
     return l
@@ -264,7 +268,7 @@ def focal_deriv01(x, t, alpha, gamma):
     y = -x if one else x
     u = sigmoid(y)
     v = sigmoid(-y)
-    ce = (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(x)
+    ce = softplus(y)
     ug = pow_unit(u, gamma)
     g = ((0.0 - u) if one else u) * ug
     uv = u * v
