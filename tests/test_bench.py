@@ -49,6 +49,20 @@ def test_torch_baselines_agree_with_fastloss(name):
     np.testing.assert_allclose(grad, x.grad.numpy(), rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ceiling_reads_every_element_in_its_own_dtype(dtype):
+    """The ceiling's read adds in the data's dtype: a float64 sum of float32 data converts every
+    vector, which held the read below what mae's value moves (see kernels/cpu_stream.py)."""
+    import numba
+
+    from fastloss.kernels.cpu_stream import stream_sum
+
+    a = np.arange(1, 3001, dtype=dtype)  # small integers: every order sums them exactly
+    assert stream_sum(a) == 3000 * 3001 // 2
+    assert stream_sum.overloads[(numba.typeof(a),)].signature.return_type == numba.from_dtype(dtype)
+    assert stream_sum(a[:0]) == 0
+
+
 def test_median_times_syncs_each_sample():
     calls, syncs = [], []
     times = runner.median_times([lambda: calls.append(1)], min_time=0.0, samples=3, sync=lambda: syncs.append(1))
