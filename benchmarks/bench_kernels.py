@@ -2,7 +2,8 @@
 
     taskset -c 1 python benchmarks/bench_kernels.py [--loss bce hinge] [--n 32768] [--rounds 15]
 
-Calls each loss's serial chunk kernels (``value_chunk``, ``both_chunk``) directly, back to back,
+Calls each loss's serial chunk kernels (``value_chunk``, ``both_chunk``; ``grad_chunk`` with
+``--op grad``) directly, back to back,
 on ``--n`` float32 elements (2**15 by default: the inputs stay in L1/L2), with the inputs of
 ``fastloss bench`` and the options' defaults. The losses are measured in turn, round after round,
 and the median of the rounds is printed, so a slow moment of a shared machine touches every loss
@@ -28,14 +29,15 @@ def kernel_calls(name, n, dtype):
     k = loss.cpu_kernels(static, dtype)
     grad = np.empty_like(pred)
     return {"value": lambda: k.value_chunk(pred, target, None, None, *params, 0, n),
-            "value_and_grad": lambda: k.both_chunk(pred, target, None, None, grad, 1.0, *params, 0, n)}
+            "value_and_grad": lambda: k.both_chunk(pred, target, None, None, grad, 1.0, *params, 0, n),
+            "grad": lambda: k.grad_chunk(pred, target, None, grad, 1.0, *params, 0, n)}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     elementwise = [c for c in CASES if not CASES[c].rows]
     ap.add_argument("--loss", nargs="+", default=elementwise, choices=elementwise)
-    ap.add_argument("--op", nargs="+", default=["value", "value_and_grad"], choices=["value", "value_and_grad"])
+    ap.add_argument("--op", nargs="+", default=["value", "value_and_grad"], choices=["value", "value_and_grad", "grad"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--n", type=int, default=2**15, help="elements per call")
     ap.add_argument("--calls", type=int, default=200, help="calls per round")

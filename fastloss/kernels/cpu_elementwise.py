@@ -47,12 +47,13 @@ import math
 import numpy as np
 from numba import njit, prange
 from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES
-from fastloss.kernels.cpu_helpers import (lane_sum, lanes_add4, param_at, param_is, param_window, prefer_vector_width,
-                                          prefetch_lines)
+from fastloss.kernels.cpu_helpers import (keep, lane_sum, lanes_add4, or_bits, param_at, param_is, param_window,
+                                          prefer_vector_width, prefetch_lines)
 {imports}
 
 CACHE = True
 FLOAT = np.{dtype}
+BITS = np.int{bits}  # an integer as wide as FLOAT (for or_bits)
 # _config's settings when this module was generated (in the text, so a change builds new kernels)
 BLOCK = {block}
 VECTOR_BITS = {vector_bits}
@@ -233,6 +234,18 @@ _GRAD_MAP = """\
 for j in range(pb.size):
 {STEP}"""
 
+# A map loop (_BUFFER_MAP, _GRAD_MAP) with a reduction that does nothing but make LLVM interleave
+# the loop (see cpu_helpers.keep): the bits of each result {RESULT} (as stored) OR-ed into ``seen``, one vector
+# OR per vector. One core, in cache, float32, side by side: log_cosh's value 0.70 -> 0.55 ns per
+# element, value_and_grad 0.94 -> 0.90, poisson_nll's value_and_grad 0.49 -> 0.46. Only for maps
+# without a reduction of their own: those of _PICK_MAP have one (its check of the targets), and
+# a second made them slower (bce_with_logits' value_and_grad 0.71 -> 0.86).
+_INTERLEAVED = """\
+seen = BITS(0)
+{LOOP}
+    seen = or_bits(seen, {RESULT})
+keep(seen)"""
+
 # A block's maps where the loss has binary-target variants. Whether a block's targets are all 0 or
 # 1 is found in the map loops themselves (_CHECK, added to each step), not by a scan of the block
 # first: out of cache that scan waited for the targets to arrive from memory before any math could
@@ -302,12 +315,13 @@ def _block_views(size, windowed, grad, vals=True):
     return textwrap.indent(views, "    ")
 
 
-def _maps(template, step, step01):
-    """A block's map loop over ``step``; with a binary-target step as well, both behind the
-    choice of _PICK_MAP (then the text starts by setting up that choice's state, ``binary``, and
-    must stand before the block loop: see _lane_loop)."""
+def _maps(template, step, step01, result):
+    """A block's map loop over ``step``, whose result is named ``result``; with a binary-target
+    step as well, both behind the choice of _PICK_MAP (then the text starts by setting up that
+    choice's state, ``binary``, and must stand before the block loop: see _lane_loop)."""
     if step01 is None:
-        return textwrap.indent(template.format(STEP=textwrap.indent(step, "    ")), "    ")
+        loop = _INTERLEAVED.format(LOOP=template.format(STEP=textwrap.indent(step, "    ")), RESULT=result)
+        return textwrap.indent(loop, "    ")
     loop, loop01 = (template.format(STEP=textwrap.indent(f"{s}\n{_CHECK}", "    ")) for s in (step, step01))
     pick = _PICK_MAP.format(MAP01=textwrap.indent(loop01, "    "), MAP=textwrap.indent(loop, "    "))
     return textwrap.indent(pick, "    ")
@@ -318,7 +332,7 @@ def _lane_loop(step, step01, direct, windowed, grad):
     ``step01``: the step with the binary-target variants (None: the loss has none)."""
     if direct and step01 is None:
         return _DIRECT.format(VIEWS=_block_views("LANES", windowed, grad), STEP=textwrap.indent(step, "        "))
-    loop = _BUFFERED.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=_maps(_BUFFER_MAP, step, step01),
+    loop = _BUFFERED.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=_maps(_BUFFER_MAP, step, step01, "l"),
                             **_prefetch_text())
     return loop if step01 is None else _FIRST_BLOCK + loop
 
@@ -333,7 +347,7 @@ def _grad_blocks(step, step01, windowed):
     """grad_chunk's loop block by block: for a derivative with a binary-target variant
     (``step01``), or one with exp or log when prefetching is on (``step01`` None)."""
     loop = _BLOCKS.format(VIEWS=_block_views("BLOCK", windowed, True, vals=False), **_prefetch_text(),
-                          MAPS=_maps(_GRAD_MAP, step, step01))
+                          MAPS=_maps(_GRAD_MAP, step, step01, "FLOAT(g)"))
     return loop if step01 is None else _FIRST_BLOCK + loop
 
 
@@ -429,7 +443,8 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     consts = "".join(f"\nFAST_{a}_{k} = FLOAT({v!r})" for a, vs in fast.items() for k, v in enumerate(vs))
     body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, VALUE_LOOP=value_loop,
                                 BOTH_LOOP=both_loop, GRAD_LOOP=grad_loop)
-    header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype, block=int(_config.BLOCK),
+    header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype, bits=64 if dtype == "float64" else 32,
+                            block=int(_config.BLOCK),
                             vector_bits=int(_config.CPU_VECTOR_BITS), prefetch_bytes=int(_config.CPU_PREFETCH_BYTES))
     kind = f"cpu_{name}_{dtype}" + "".join(f"_{n}{int(v)}" for n, v in sorted(static.items()))
     return codegen.load_module(kind, header, body, src.injected)
