@@ -5,7 +5,7 @@ probabilities in [0, 1] for the cross-entropies and focal loss, and ±1 (or 0/1)
 """
 import math
 
-from .._loss import Option, binary_target_variant, elementwise_loss
+from .._loss import Option, binary_target_variant, elementwise_loss, fused_multiply_add
 from ..kernels.vmath_stubs import vlog_nonneg
 
 
@@ -42,36 +42,38 @@ def bce_logits01(x, t, pos_weight):
 
 
 # -- bce ------------------------------------------------------------------------------------------
-def with_sum_error(log_u, u, e):
-    """log(u + e) from log u, where e is the rounding error of the sum that gave u (|e| ≤ half an
-    ulp of u): log u + e/u, to first order, which is all such an e has."""
-    return log_u + (e / u if e != 0.0 else 0.0)
-
-
-def log_of_sum(u, e):
-    """log(u + e) where e is the rounding error of the sum that gave u (see with_sum_error)."""
-    return with_sum_error(math.log(u), u, e)
+@fused_multiply_add
+def with_sum_error(log_u, d, e):
+    """log(u + e) from log u, for u = 1 − d in [1/2, 1] and e the rounding error of the
+    subtraction that gave u (|e| ≤ half an ulp of u): log u + e/u, to first order, which is all
+    such an e has. 1/u is 1 + d + d², within d³/u (an eighth of 1/u at worst, of a correction below
+    an ulp of the result): no division, which held bce's loop to the vector divider's pace (one
+    core, in cache, float32: the value 0.54 -> 0.50 ns per element). Outside [1/2, 1] e is 0 (u is
+    then exact), and e times the finite factor is 0."""
+    return log_u + e * (1.0 + d * (1.0 + d))
 
 
 def log1m(p):
     """log(1 − p) for p ≤ 1, within about 1.5 ulp (log1p(−p)'s accuracy, which log of 1 − p
     rounded would lose for small p): u = 1 − p rounded, whose error (1 − u) − p is exact
-    because |p| ≤ 1 (Fast2Sum). Written so, not as log1p(−p), because bce's 0/1-target form
-    below needs log p and log(1 − p) to be one function of one argument."""
+    because |p| ≤ 1 (Fast2Sum), and is 0 unless p < 1/2. Written so, not as log1p(−p), because
+    bce's 0/1-target form below needs log p and log(1 − p) to be one function of one argument."""
     u = 1.0 - p
-    return log_of_sum(u, (1.0 - u) - p)
+    d = 1.0 - u
+    return with_sum_error(math.log(u), d, d - p)
 
 
 def bce_value01(p, t):
     # bce_value for t = 0 or 1, with one logarithm: the same operations on the term it keeps
-    # (log p is log_of_sum(p, 0)), so the same number, NaN for p outside [0, 1] included. The
-    # log is vmath's without its special inputs (vlog_nonneg), the same bits for q > 0: the
-    # −100 clamp and the range check do their work, as its result at q = 0 (about −110 in
-    # float32, −753 in float64) clamps to −100 as −inf does, and a q from a p outside [0, 1]
+    # (log p is with_sum_error(log p, 1 − p, 0)), so the same number, NaN for p outside [0, 1]
+    # included. The log is vmath's without its special inputs (vlog_nonneg), the same bits for
+    # q > 0: the −100 clamp and the range check do their work, as its result at q = 0 (about −110
+    # in float32, −753 in float64) clamps to −100 as −inf does, and a q from a p outside [0, 1]
     # (or NaN) gives NaN whatever the log made of it. (+ 0.0 makes p = −0 a +0, a zero to the log.)
     q = (p + 0.0) if t == 1.0 else 1.0 - p
-    e = 0.0 if t == 1.0 else (1.0 - q) - p
-    l = with_sum_error(vlog_nonneg(q), q, e)  # log_of_sum(q, e), its log without special inputs
+    d = 1.0 - q
+    e = 0.0 if t == 1.0 else d - p
+    l = with_sum_error(vlog_nonneg(q), d, e)  # log1m's sum, its log without special inputs
     l = -100.0 if l < -100.0 else l
     return -l if (p >= 0.0 and p <= 1.0) else math.nan
 
