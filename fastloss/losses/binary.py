@@ -25,6 +25,16 @@ def sigmoid(x):
     return 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
 
 
+def sigmoid_pair(x):
+    """(σ(x), σ(−x)) with one division: 1/(1 + e) and e times it, e = e^(−|x|). The product rounds
+    once more than e/(1 + e) would (within about an ulp), but a division is the costliest vector
+    operation there is (the focal loss's gradient, which needs both, was bound by two of them)."""
+    e = math.exp(-abs(x))
+    r = 1.0 / (1.0 + e)
+    s = e * r
+    return (r if x >= 0.0 else s), (s if x >= 0.0 else r)
+
+
 def bce_logits(x, t, pos_weight):
     """w·t·softplus(−x) + (1 − t)·softplus(x): two non-negative terms, so no cancellation (the
     textbook (1 − t)x + softplus(−x) loses everything at x = −40, t = 0). A term whose weight is
@@ -245,7 +255,7 @@ def focal_value01(x, t, alpha, gamma):
     # term is a zero), the cross-entropy softplus(y), α_t is α or 1 − α; the same operations on
     # what is kept, so the same number bit for bit.
     y = -x if t == 1.0 else x
-    l = softplus(y) * pow_unit(sigmoid(y), gamma)
+    l = softplus(y) * pow_unit(sigmoid_pair(y)[0], gamma)
     if alpha >= 0.0:
         l = l * (alpha if t == 1.0 else 1.0 - alpha)
     return l
@@ -256,7 +266,8 @@ def focal_value(x, t, alpha, gamma):
     # torchvision: ce · (1 − p_t)^γ · α_t, with 1 − p_t = σ(x)(1 − t) + σ(−x) t computed from
     # both sigmoids so that it keeps its precision when it is small.
     ce = bce_logits(x, t, 1.0)
-    u = sigmoid(x) * (1.0 - t) + sigmoid(-x) * t
+    p, q = sigmoid_pair(x)
+    u = p * (1.0 - t) + q * t
     l = ce * pow_unit(u, gamma)
     if alpha >= 0.0:
         l = l * (alpha * t + (1.0 - alpha) * (1.0 - t))
@@ -268,8 +279,7 @@ def focal_deriv01(x, t, alpha, gamma):
     # y = ∓x, u = σ(y), v = σ(−y), (1 − t) p − t q is u or +0 − u, p q is u v, 1 − 2t is ±1.
     one = t == 1.0
     y = -x if one else x
-    u = sigmoid(y)
-    v = sigmoid(-y)
+    u, v = sigmoid_pair(y)
     ce = softplus(y)
     ug = pow_unit(u, gamma)
     g = ((0.0 - u) if one else u) * ug
@@ -283,8 +293,7 @@ def focal_deriv01(x, t, alpha, gamma):
 
 @binary_target_variant(focal_deriv01)
 def focal_deriv(x, t, alpha, gamma):
-    p = sigmoid(x)
-    q = sigmoid(-x)
+    p, q = sigmoid_pair(x)
     ce = bce_logits(x, t, 1.0)
     u = p * (1.0 - t) + q * t
     ug = pow_unit(u, gamma)
