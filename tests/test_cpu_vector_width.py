@@ -1,6 +1,7 @@
 """The CPU kernels' vector width (``_config.CPU_VECTOR_BITS``, ``prefer_vector_width`` in
 kernels/cpu_helpers.py): the attribute reaches LLVM, the loops use it where the CPU has 512-bit
-vectors, and the width changes no number."""
+vectors, and the width changes no number. Also the shape of the loops LLVM makes of them: the
+map loops of the exp/log losses interleaved (``or_bits``, ``keep``)."""
 import re
 import types as pytypes
 

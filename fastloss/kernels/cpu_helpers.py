@@ -142,8 +142,8 @@ def keep(typingctx, value):
     and a polynomial is one chain of some 25 dependent operations per vector; without
     interleaving the core's scheduler holds too few of them at once to keep its vector units busy.
     The elementwise kernels' map loops therefore OR the bits of each result into an integer
-    (``or_bits``) and ``keep`` it. One core, in cache, float32: log_cosh's value 0.70 -> 0.58 ns per
-    element with a costlier probe of the same kind (Intel AVX-512 VM)."""
+    (``or_bits``) and ``keep`` it (``_INTERLEAVED`` in cpu_elementwise.py). One core, in cache,
+    float32: log_cosh's value 0.70-0.74 -> 0.55 ns per element (Intel AVX-512 VM)."""
     if not isinstance(value, types.Integer):
         return None
 
