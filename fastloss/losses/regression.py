@@ -239,9 +239,8 @@ def log_cosh_value(p, t):
     a = abs(p - t)
     small = a * a * _log_cosh_series(a * a)
     # log cosh a = a − log 2 + log1p(e^(−2a)); e^(−2a) underflows to 0 for large a, no overflow.
-    # Written e^(−|2a|), as log_cosh_deriv writes it: float32 CPU kernels turn log1p(exp(x)) into
-    # vsoftplus(x), which takes e^(−|x|), and e^(−|−|2a||) is e^(−|2a|) to LLVM but e^(−|−2a|) is
-    # not e^(−2a), so only this spelling lets value_and_grad compute the exponential once.
+    # Written e^(−|2a|), the same expression as in log_cosh_deriv, so that value_and_grad
+    # computes the exponential once.
     e = math.exp(-abs(2.0 * a))
     big = ((a - _LN2_HI) - _LN2_LO) + _log1p_small(e)
     return small if a <= _LOG_COSH_SMALL else big
