@@ -235,11 +235,11 @@ for j in range(pb.size):
 {STEP}"""
 
 # A map loop (_BUFFER_MAP, _GRAD_MAP) with a reduction that does nothing but make LLVM interleave
-# the loop (see cpu_helpers.keep): the bits of each result {RESULT} (as stored) OR-ed into ``seen``, one vector
-# OR per vector. One core, in cache, float32, side by side: log_cosh's value 0.70 -> 0.55 ns per
-# element, value_and_grad 0.94 -> 0.90, poisson_nll's value_and_grad 0.49 -> 0.46. Only for maps
-# without a reduction of their own: those of _PICK_MAP have one (its check of the targets), and
-# a second made them slower (bce_with_logits' value_and_grad 0.71 -> 0.86).
+# the loop (see cpu_helpers.keep): the bits of each result {RESULT} (as stored) OR-ed into
+# ``seen``, one vector OR per vector. One core, in cache, float32, side by side: log_cosh's value
+# 0.70 -> 0.55 ns per element, value_and_grad 0.94 -> 0.90, poisson_nll's value_and_grad 0.49 ->
+# 0.46. Only for maps without a reduction of their own: those of _PICK_MAP have one (its check of
+# the targets), and a second made them slower (bce_with_logits' value_and_grad 0.71 -> 0.86).
 _INTERLEAVED = """\
 seen = BITS(0)
 {LOOP}
@@ -336,19 +336,18 @@ def _lane_loop(step, step01, direct, windowed, grad):
     """The accumulating loop of a chunk kernel; ``windowed``: the options it reads per element;
     ``step01``: the step with the binary-target variants (None: the loss has none)."""
     if direct and step01 is None:
-        prefetch = _prefetch_text(every_block=True) if not grad else dict(AHEAD="", PREFETCH="")
         return _DIRECT.format(VIEWS=_block_views("LANES", windowed, grad), STEP=textwrap.indent(step, "        "),
-                              **prefetch)
+                              **_prefetch_text(every_block=True, on=not grad))
     loop = _BUFFERED.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=_maps(_BUFFER_MAP, step, step01, "l"),
                             **_prefetch_text())
     return loop if step01 is None else _FIRST_BLOCK + loop
 
 
-def _prefetch_text(every_block=False):
+def _prefetch_text(every_block=False, on=True):
     """The {AHEAD} and {PREFETCH} of the block loops, or with ``every_block`` of _DIRECT's loop over
     groups of LANES, which prefetches a block at the first group of each: nothing where
-    prefetching is off."""
-    if not _config.CPU_PREFETCH_BYTES:
+    prefetching is off (``on`` False or _config.CPU_PREFETCH_BYTES 0)."""
+    if not (on and _config.CPU_PREFETCH_BYTES):
         return dict(AHEAD="", PREFETCH="")
     if every_block:
         assert _config.BLOCK % _config.LANES == 0

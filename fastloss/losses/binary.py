@@ -9,14 +9,10 @@ from .._loss import Option, binary_target_variant, elementwise_loss, fused_multi
 from ..kernels.vmath_stubs import vlog_nonneg
 
 
-def log1p_exp_neg_abs(x):
-    """log(1 + e^(−|x|)): the part softplus(x) and softplus(−x) share."""
-    return math.log1p(math.exp(-abs(x)))
-
-
 def softplus(y):
-    """log(1 + e^y) as max(y, 0) + log(1 + e^(−|y|)), which never overflows."""
-    return (y if y > 0.0 else 0.0) + log1p_exp_neg_abs(y)
+    """log(1 + e^y) as max(y, 0) + log(1 + e^(−|y|)), which never overflows (softplus(y) and
+    softplus(−y) share their second term: LLVM computes it once where both are needed)."""
+    return (y if y > 0.0 else 0.0) + math.log1p(math.exp(-abs(y)))
 
 
 def sigmoid(x):
@@ -28,7 +24,10 @@ def sigmoid(x):
 def sigmoid_pair(x):
     """(σ(x), σ(−x)) with one division: 1/(1 + e) and e times it, e = e^(−|x|). The product rounds
     once more than e/(1 + e) would (within about an ulp), but a division is the costliest vector
-    operation there is (the focal loss's gradient, which needs both, was bound by two of them)."""
+    operation there is (the focal loss's gradient, which needs both, was bound by two of them).
+    Where only one sigmoid is needed, ``sigmoid`` is cheaper by that multiply (bce_with_logits'
+    0/1-target gradient, whose general form therefore keeps two ``sigmoid`` calls too: the two
+    forms must give the same bits)."""
     e = math.exp(-abs(x))
     r = 1.0 / (1.0 + e)
     s = e * r
