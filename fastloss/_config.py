@@ -54,8 +54,10 @@ CPU_VECTOR_BITS = 512
 
 #: How far ahead (bytes) the elementwise CPU kernels' block loops prefetch their inputs (0:
 #: never). On a Sapphire Rapids-class VM, one thread at 2**24 float32 elements, bce_with_logits'
-#: value went from 1.06 to 0.66 ns per element with 8 KiB (2 to 8 KiB measured alike).
-CPU_PREFETCH_BYTES = 8 << 10
+#: value went from 1.06 to 0.66 ns per element with 8 KiB. 4 KiB is 4-8% faster than 8 KiB for
+#: the exp/log losses' values on 2 threads there and on Zen 5 (docs/cpu-performance.md, last
+#: section); 1-4 KiB measured alike, 16 KiB slower, no prefetch slowest.
+CPU_PREFETCH_BYTES = 4 << 10
 
 #: cross_entropy's CPU kernels prefetch the next row while they compute this row's exps when the
 #: row (rows: logits, and probability targets) takes between these many bytes: smaller rows gain
