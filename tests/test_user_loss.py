@@ -193,6 +193,33 @@ def test_user_loss_softplus_idiom(fl, dtype):
     assert fused == (dtype == np.float32)
 
 
+def _logistic_value(p, t):
+    return math.exp(-abs(p - t))
+
+
+def _logistic_deriv(p, t):
+    d = p - t
+    return -math.exp(-abs(d)) * (1.0 if d > 0 else (-1.0 if d < 0 else 0.0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_user_loss_exp_of_minus_abs_idiom(fl, dtype):
+    """math.exp(-abs(x)) becomes vmath.vexp_neg_abs on the CPU (its clamp one instruction
+    shorter); value and gradient match e^(-|d|) computed in float64 by NumPy, underflow and
+    infinities included."""
+    loss = fl.elementwise_loss(_logistic_value, _logistic_deriv, name="exp_neg_abs_user")
+    d = np.concatenate([np.linspace(-120, 120, 4001), [0.0, -0.0, 1e-8, 760.0, -760.0, np.inf, -np.inf]])
+    p = d.astype(dtype)
+    t = np.zeros_like(p)
+    v, g = loss.value_and_grad(p, t, reduction="none")
+    want = np.exp(-np.abs(p.astype(np.float64)))
+    np.testing.assert_allclose(np.asarray(v, np.float64), want, rtol=4 * np.finfo(dtype).eps,
+                               atol=2 * float(np.finfo(dtype).smallest_subnormal))
+    np.testing.assert_allclose(np.asarray(g, np.float64), -want * np.sign(p), rtol=4 * np.finfo(dtype).eps,
+                               atol=2 * float(np.finfo(dtype).smallest_subnormal))
+    assert hasattr(loss.cpu_kernels((), np.dtype(dtype).name), "_i_vexp_neg_abs")
+
+
 def test_user_loss_two_params(fl, rng):
     def val(p, t, a, b):
         return a * (p - t) ** 2 + b * abs(p - t)

@@ -242,6 +242,38 @@ def test_log_nonneg_is_log_without_its_special_inputs(dtype):
     assert vmath.vlog_nonneg(dtype(0.0)) < math.log(float(np.finfo(dtype).smallest_subnormal))  # Python fallback
 
 
+@numba.njit
+def _exp_of_minus_abs(x):
+    return vexp(-abs(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_exp_neg_abs_is_vexp_of_minus_abs(dtype):
+    """vmath.vexp_neg_abs (what the CPU code generator writes for math.exp(-abs(x))) must give
+    vexp(-|x|)'s bits for every input -- a stride through all float32 bit patterns, both signs,
+    subnormals, infinities and NaNs included; random float64 ones -- and so the accuracy that
+    test_accuracy_* prove for vexp; here also e^(-|x|) against NumPy directly."""
+    itype = np.int32 if dtype == np.float32 else np.int64
+    if dtype == np.float32:
+        bits = np.arange(-2**31, 2**31 - 1, 53, dtype=np.int64).astype(np.int32)
+    else:
+        bits = np.random.default_rng(12).integers(-2**63, 2**63 - 1, 4_000_000, dtype=np.int64)
+    fi = np.finfo(dtype)
+    edges = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, fi.max, -fi.max, fi.tiny, fi.smallest_subnormal,
+                      103.9, 104.0, 104.1, 745.0, 746.0, 747.0, 1e-30, 0.5], dtype)
+    x = np.concatenate([bits.view(dtype), edges, -edges])
+    got, want = np.empty_like(x), np.empty_like(x)
+    _loop_kernel(vmath.vexp_neg_abs)(x, got)
+    _loop_kernel(_exp_of_minus_abs)(x, want)
+    nan = np.isnan(x)
+    assert np.isnan(got[nan]).all()
+    np.testing.assert_array_equal(got[~nan].view(itype), want[~nan].view(itype))
+    ref = np.exp(-np.abs(x[~nan].astype(np.float64)))
+    err = np.abs(got[~nan] - ref) / np.spacing(np.abs(ref.astype(dtype)))
+    assert err.max() <= 2.5
+    assert vmath.vexp_neg_abs(dtype(-2.0)) == np.exp(dtype(-2.0))  # Python fallback
+
+
 def test_fma_rounds_once_and_keeps_types():
     """vmath.vfma (the code generator's form of fl.fused_multiply_add): a * b + c rounded once
     -- 1 + 2**-30 squared minus 1 keeps the 2**-60 that a multiply and an add lose -- with

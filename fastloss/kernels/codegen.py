@@ -115,8 +115,9 @@ class _MathCalls(ast.NodeTransformer):
     """Rewrites ``math.NAME`` (``math`` under any alias) to replacement functions, and
     ``math.OUTER(math.INNER(x))`` to one fused function where ``replace`` has "OUTER(INNER)"."""
 
-    def __init__(self, aliases, replace):
+    def __init__(self, aliases, replace, abs_is_builtin=True):
         self.aliases, self.replace, self.used = aliases, replace, set()
+        self.abs_is_builtin = abs_is_builtin
 
     def _is_math(self, node, name):
         return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
@@ -134,6 +135,21 @@ class _MathCalls(ast.NodeTransformer):
                 arg = self.visit(node.args[0].args[0])
                 call = ast.Call(func=ast.Name(id=f"_i_{fused.__name__}", ctx=ast.Load()),
                                 args=[arg], keywords=[])
+                return ast.copy_location(call, node)
+        # "exp(-abs)" is math.exp(-abs(x)), the e^(-|x|) of softplus and sigmoid, whose CPU form
+        # clamps |x| in one instruction (vmath.exp_neg_abs). Every spelling of it in a loss must
+        # become the same call, or LLVM computes the exp twice where the value and the gradient
+        # share it.
+        fused = self.replace.get("exp(-abs)")
+        if (fused is not None and self.abs_is_builtin and self._is_math(node.func, "exp")
+                and len(node.args) == 1 and not node.keywords):
+            neg = node.args[0]
+            if (isinstance(neg, ast.UnaryOp) and isinstance(neg.op, ast.USub) and isinstance(neg.operand, ast.Call)
+                    and isinstance(neg.operand.func, ast.Name) and neg.operand.func.id == "abs"
+                    and len(neg.operand.args) == 1 and not neg.operand.keywords):
+                self.used.add(fused)
+                arg = self.visit(neg.operand.args[0])
+                call = ast.Call(func=ast.Name(id=f"_i_{fused.__name__}", ctx=ast.Load()), args=[arg], keywords=[])
                 return ast.copy_location(call, node)
         self.generic_visit(node)
         return node
@@ -295,7 +311,9 @@ class _Collector:
         if from_math:
             fdef = ast.fix_missing_locations(_FromMath(from_math).visit(fdef))
         if math_aliases and self.replace_math:
-            calls = _MathCalls(math_aliases, self.replace_math)
+            # abs here is the builtin unless the function assigns a local of that name (a free
+            # name abs that is not the builtin was renamed above)
+            calls = _MathCalls(math_aliases, self.replace_math, "abs" not in fn.__code__.co_varnames)
             fdef = calls.visit(fdef)
             for rep in calls.used:
                 self.imports.add(f"from {_import_module(rep)} import {rep.__name__} as _i_{rep.__name__}")

@@ -14,6 +14,8 @@ and vectorises it (AVX2/AVX-512, NEON, ...).
 Public API (scalars; float32 in -> float32 out, float64 in -> float64 out)::
 
     vexp(x)    e**x
+    vexp_neg_abs(x)  e**-|x|, bit for bit vexp(-abs(x)) with a shorter clamp (the CPU code
+                  generator writes math.exp(-abs(x)) as this call)
     vexpm1(x)  e**x - 1, accurate near 0
     vlog(x)    natural logarithm
     vlog1p(x)  log(1 + x), accurate near 0
@@ -102,13 +104,13 @@ from numba.extending import intrinsic, overload, register_jitable
 # The public stubs (their Python-level behaviour) live in vmath_stubs.py, which needs no Numba,
 # so that a loss's math may name one at import time (bce names vlog_nonneg); the overloads
 # registered at the bottom of this module are what @njit code calls.
-from .vmath_stubs import vexp, vexpm1, vfma, vlog, vlog1p, vlog_nonneg, vsoftplus
+from .vmath_stubs import vexp, vexp_neg_abs, vexpm1, vfma, vlog, vlog1p, vlog_nonneg, vsoftplus
 
-__all__ = ["vexp", "vexpm1", "vlog", "vlog1p", "vsoftplus", "vlog_nonneg", "vfma", "register_cuda"]
+__all__ = ["vexp", "vexp_neg_abs", "vexpm1", "vlog", "vlog1p", "vsoftplus", "vlog_nonneg", "vfma", "register_cuda"]
 
 
 #: What the CPU code generator substitutes for ``math.*`` calls in a loss's scalar math.
-CPU_REPLACEMENTS = {"exp": vexp, "expm1": vexpm1, "log": vlog, "log1p": vlog1p}
+CPU_REPLACEMENTS = {"exp": vexp, "expm1": vexpm1, "log": vlog, "log1p": vlog1p, "exp(-abs)": vexp_neg_abs}
 
 
 def cpu_replacements(dtype):
@@ -469,6 +471,20 @@ def _build(np_float):
         return t, kf, r
 
     @register_jitable(**_IMPL_OPTIONS)
+    def exp_neg_abs(x):
+        """e^(−|x|), bit for bit vexp(−|x|) (the same reduction and polynomial), with the clamp
+        on |x| before the negation: one vminps. Clamping −|x| itself costs a compare and a masked
+        move, because LLVM turns (−|x| < LO) into (|x| > −LO), which is no longer the select of a
+        max; the negation then folds into the FMAs. NaN passes the vminps, as in exp_reduce."""
+        a = abs(x)
+        ac = -EXP_LO if a > -EXP_LO else a
+        t = SHIFTER - ac * LOG2E
+        kf = t - SHIFTER
+        r = -(ac + kf * LN2_HI) - kf * LN2_LO
+        p = ONE + r * (ONE + r * exp_poly(r))
+        return _scale2k(p, t)
+
+    @register_jitable(**_IMPL_OPTIONS)
     def log1p_kernel(f, kf, c):
         """log(2**k * (1 + f)) + c for sqrt(1/2) <= 1+f < sqrt(2), |c| tiny."""
         if is32:
@@ -492,6 +508,9 @@ def _build(np_float):
         # exp(r) = 1 + r (1 + r P(r)) by Horner's rule: one operation fewer than 1 + (r + r^2 P)
         p = ONE + r * (ONE + r * exp_poly(r))
         return _scale2k(p, t)  # NaN: r and so p are NaN
+
+    def vexp_neg_abs_impl(x):
+        return exp_neg_abs(x)
 
     def vexpm1_impl(x):
         xc = x if x > EXPM1_LO else EXPM1_LO
@@ -544,7 +563,7 @@ def _build(np_float):
     def vsoftplus_impl(x):
         # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), e^-|x| in [0, 1]. NaN: the max gives 0, the
         # log1p term NaN; x = +-inf: inf + 0, 0 + 0.
-        e = vexp(-abs(x))
+        e = exp_neg_abs(x)
         if is32:
             tail = e * log1p_unit_poly(e)
         else:  # kernels use vsoftplus in float32 only (see cpu_replacements)
@@ -553,6 +572,7 @@ def _build(np_float):
 
     return {
         vexp: vexp_impl,
+        vexp_neg_abs: vexp_neg_abs_impl,
         vexpm1: vexpm1_impl,
         vlog: vlog_impl,
         vlog1p: vlog1p_impl,
@@ -586,7 +606,7 @@ def _register():
                 return to_float64
             return None
 
-    for stub in (vexp, vexpm1, vlog, vlog1p, vsoftplus, vlog_nonneg):
+    for stub in (vexp, vexp_neg_abs, vexpm1, vlog, vlog1p, vsoftplus, vlog_nonneg):
         make_overload(stub)
 
     @overload(vfma, jit_options=_IMPL_OPTIONS, target="cpu")
