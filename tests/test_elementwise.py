@@ -488,6 +488,34 @@ def test_lanes_add_sums_in_the_documented_order(add, dtype, rng):
         np.testing.assert_array_equal(acc, expect, err_msg=f"n={n}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["log_cosh", "bce_with_logits"])
+def test_buffered_kernel_sums_in_lane_order(fl, name, dtype, rng):
+    """The exp/log losses' chunk kernels buffer SUM_BLOCKS blocks of values before adding them
+    into the lanes (kernels/cpu_elementwise.py: _BUFFERED); the sum must still be element j into
+    float64 lane j % LANES in order of j, then the lanes in order: here that order written in
+    Python over the kernel's own per-element values, at sizes around the block and the buffer
+    (a full buffer, one block more, a partial block at the end), with values of mixed magnitude."""
+    from fastloss._config import BLOCK, LANES, SUM_BLOCKS
+    loss = getattr(fl, name)
+    big = SUM_BLOCKS * BLOCK
+    for n in (1, BLOCK - 1, BLOCK + 3, big - 1, big, big + 1, big + BLOCK, 2 * big + 70, 3 * big + BLOCK - 5):
+        pred, target, _ = elementwise_data(name, (n,), np.dtype(dtype), rng)
+        pred = (pred * 10.0 ** rng.integers(-3, 4, n)).astype(dtype)
+        opts = loss._parse("value", {})[3]
+        static, params = loss.kernel_arguments(opts, (n,), np.dtype(dtype))
+        k = loss.cpu_kernels(static, dtype)
+        vals = np.empty(n, dtype)
+        s, _ = k.value_chunk(pred, target, None, vals, *params, 0, n)
+        lanes = np.zeros(LANES)
+        for j in range(n):
+            lanes[j % LANES] += float(vals[j])
+        expect = 0.0
+        for v in lanes:
+            expect += v
+        assert np.isfinite(expect) and s == expect, f"n={n}: {s!r} != {expect!r}"
+
+
 @pytest.mark.parametrize("name", ["mse", "mae"])
 def test_float32_data_accumulates_in_float64(fl, name):
     """A sum that float32 accumulators get visibly wrong: each chunk of 32768 elements starts
