@@ -111,9 +111,18 @@ def _resolve(fn, name):
     raise _NoSource(f"{fn.__qualname__} uses undefined name {name!r}")
 
 
+def _sole_arg(node, is_callee):
+    """The argument of ``node`` if it is a call with one positional argument and no keywords whose
+    callee passes ``is_callee``; else None."""
+    if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords and is_callee(node.func):
+        return node.args[0]
+    return None
+
+
 class _MathCalls(ast.NodeTransformer):
-    """Rewrites ``math.NAME`` (``math`` under any alias) to replacement functions, and
-    ``math.OUTER(math.INNER(x))`` to one fused function where ``replace`` has "OUTER(INNER)"."""
+    """Rewrites ``math.NAME`` (``math`` under any alias) to replacement functions, and the idioms
+    ``math.log1p(math.exp(x))`` and ``math.exp(-abs(x))`` to one fused function where ``replace``
+    has "log1p(exp)" or "exp(-abs)"."""
 
     def __init__(self, aliases, replace, abs_is_builtin=True):
         self.aliases, self.replace, self.used = aliases, replace, set()
@@ -123,34 +132,29 @@ class _MathCalls(ast.NodeTransformer):
         return (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                 and node.value.id in self.aliases and node.attr == name)
 
+    def _fused(self, key, arg, node):
+        """The call of replace[key] on ``arg`` (itself rewritten) that stands for ``node``."""
+        fused = self.replace[key]
+        self.used.add(fused)
+        call = ast.Call(func=ast.Name(id=f"_i_{fused.__name__}", ctx=ast.Load()), args=[self.visit(arg)], keywords=[])
+        return ast.copy_location(call, node)
+
     def visit_Call(self, node):
-        # Idioms with a fused replacement: "log1p(exp)" is math.log1p(math.exp(x)), softplus.
-        for outer, inner in (("log1p", "exp"),):
-            fused = self.replace.get(f"{outer}({inner})")
-            if (fused is not None and self._is_math(node.func, outer) and len(node.args) == 1
-                    and not node.keywords and isinstance(node.args[0], ast.Call)
-                    and self._is_math(node.args[0].func, inner) and len(node.args[0].args) == 1
-                    and not node.args[0].keywords):
-                self.used.add(fused)
-                arg = self.visit(node.args[0].args[0])
-                call = ast.Call(func=ast.Name(id=f"_i_{fused.__name__}", ctx=ast.Load()),
-                                args=[arg], keywords=[])
-                return ast.copy_location(call, node)
+        # Idioms with a fused replacement. "log1p(exp)" is math.log1p(math.exp(x)), softplus.
         # "exp(-abs)" is math.exp(-abs(x)), the e^(-|x|) of softplus and sigmoid, whose CPU form
-        # clamps |x| in one instruction (vmath.exp_neg_abs). Every spelling of it in a loss must
+        # clamps |x| in one instruction (vmath.exp_neg_abs): every spelling of it in a loss must
         # become the same call, or LLVM computes the exp twice where the value and the gradient
         # share it.
-        fused = self.replace.get("exp(-abs)")
-        if (fused is not None and self.abs_is_builtin and self._is_math(node.func, "exp")
-                and len(node.args) == 1 and not node.keywords):
-            neg = node.args[0]
-            if (isinstance(neg, ast.UnaryOp) and isinstance(neg.op, ast.USub) and isinstance(neg.operand, ast.Call)
-                    and isinstance(neg.operand.func, ast.Name) and neg.operand.func.id == "abs"
-                    and len(neg.operand.args) == 1 and not neg.operand.keywords):
-                self.used.add(fused)
-                arg = self.visit(neg.operand.args[0])
-                call = ast.Call(func=ast.Name(id=f"_i_{fused.__name__}", ctx=ast.Load()), args=[arg], keywords=[])
-                return ast.copy_location(call, node)
+        exp_arg = _sole_arg(node, lambda f: self._is_math(f, "exp"))
+        log1p_arg = _sole_arg(node, lambda f: self._is_math(f, "log1p"))
+        inner = _sole_arg(log1p_arg, lambda f: self._is_math(f, "exp"))
+        if "log1p(exp)" in self.replace and inner is not None:
+            return self._fused("log1p(exp)", inner, node)
+        if ("exp(-abs)" in self.replace and self.abs_is_builtin and isinstance(exp_arg, ast.UnaryOp)
+                and isinstance(exp_arg.op, ast.USub)):
+            inner = _sole_arg(exp_arg.operand, lambda f: isinstance(f, ast.Name) and f.id == "abs")
+            if inner is not None:
+                return self._fused("exp(-abs)", inner, node)
         self.generic_visit(node)
         return node
 

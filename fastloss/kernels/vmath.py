@@ -471,18 +471,25 @@ def _build(np_float):
         return t, kf, r
 
     @register_jitable(**_IMPL_OPTIONS)
+    def exp_reduced(t, r):
+        """e^x from exp_reduce's t and r: exp(r) = 1 + r (1 + r P(r)) by Horner's rule (one
+        operation fewer than 1 + (r + r^2 P)), times 2**k."""
+        return _scale2k(ONE + r * (ONE + r * exp_poly(r)), t)  # NaN: r and so p are NaN
+
+    @register_jitable(**_IMPL_OPTIONS)
     def exp_neg_abs(x):
-        """e^(−|x|), bit for bit vexp(−|x|) (the same reduction and polynomial), with the clamp
-        on |x| before the negation: one vminps. Clamping −|x| itself costs a compare and a masked
-        move, because LLVM turns (−|x| < LO) into (|x| > −LO), which is no longer the select of a
-        max; the negation then folds into the FMAs. NaN passes the vminps, as in exp_reduce."""
+        """e^(−|x|), bit for bit vexp(−|x|), with the clamp on |x| before the negation: one
+        vminps. Clamping −|x| itself costs a compare and a masked move, because LLVM turns
+        (−|x| < LO) into (|x| > −LO), which is no longer the select of a max. So exp_reduce's
+        steps are written here for −ac, the negation inside each (negating ac itself, LLVM
+        moves the negation into the select and is back at the compare); they round alike, and
+        fold into the FMAs."""
         a = abs(x)
         ac = -EXP_LO if a > -EXP_LO else a
         t = SHIFTER - ac * LOG2E
         kf = t - SHIFTER
         r = -(ac + kf * LN2_HI) - kf * LN2_LO
-        p = ONE + r * (ONE + r * exp_poly(r))
-        return _scale2k(p, t)
+        return exp_reduced(t, r)
 
     @register_jitable(**_IMPL_OPTIONS)
     def log1p_kernel(f, kf, c):
@@ -505,9 +512,7 @@ def _build(np_float):
 
     def vexp_impl(x):
         t, kf, r = exp_reduce(x)
-        # exp(r) = 1 + r (1 + r P(r)) by Horner's rule: one operation fewer than 1 + (r + r^2 P)
-        p = ONE + r * (ONE + r * exp_poly(r))
-        return _scale2k(p, t)  # NaN: r and so p are NaN
+        return exp_reduced(t, r)
 
     def vexp_neg_abs_impl(x):
         return exp_neg_abs(x)
