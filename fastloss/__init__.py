@@ -11,7 +11,7 @@ per dtype, and cached on disk (see ``fastloss._config.cache_dir``).
 """
 from ._gradcheck import GradCheck, check_grad
 from ._loss import (ElementwiseLoss, Loss, binary_target_variant, elementwise_loss, float32_variant,
-                    fused_multiply_add)
+                    fused_multiply_add, log1p_sum_form)
 from .losses.binary import bce, bce_with_logits, hinge, sigmoid_focal, squared_hinge
 from .losses.multiclass import cross_entropy, kl_div, multi_margin
 from .losses.regression import huber, log_cosh, mae, mse, poisson_nll, quantile, smooth_l1
@@ -27,4 +27,4 @@ LOSSES = {
 }
 
 __all__ = ["LOSSES", "GradCheck", "ElementwiseLoss", "Loss", "binary_target_variant", "check_grad", "elementwise_loss", "float32_variant",
-           "fused_multiply_add", *LOSSES]
+           "fused_multiply_add", "log1p_sum_form", *LOSSES]

@@ -27,6 +27,13 @@ BLOCK = 256
 #: as much, but a prefetch burst of 1024 elements stalls (see BLOCK).
 SUM_BLOCKS = 4
 
+#: Buffers (of SUM_BLOCKS blocks) whose factors the lanes of a ``log1p_sum_form`` multiply
+#: together before one log1p moves them into the sums (kernels/cpu_elementwise.py, _PRODUCT): a
+#: lane then holds the product of LOG1P_PASSES * BLOCK * SUM_BLOCKS / LANES factors 1 + e, each at
+#: most 2, so at most 2**64 here; build() refuses a setting that could overflow float32. Fewer
+#: passes cost more logarithms, more passes let the products' roundings add up for longer.
+LOG1P_PASSES = 4
+
 #: Elements per block of the row kernels' sums (kernels/cpu_rows.py).
 ROW_BLOCK = 1024
 

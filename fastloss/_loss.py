@@ -67,6 +67,32 @@ def binary_target_variant(fn01):
     return mark
 
 
+def log1p_sum_form(form, when=None):
+    """Decorator for a loss's value function (or a ``binary_target_variant``) whose value is
+    ``rest + log1p(e)``: ``form`` (same arguments) returns ``(rest, e)``, with 0 <= e <= 1 (or
+    NaN, where the value is NaN). CPU kernels that sum the values without weights or per-element
+    output then add ``rest`` into the float64 lanes as any value, and multiply each lane's
+    factors 1 + e together (as Π(1 + e) − 1, in the compute dtype), taking one log1p per lane
+    every ``_config.LOG1P_PASSES`` buffers: Σ log1p(e) = log1p(Π(1 + e) − 1), with one logarithm
+    per 64 elements of a lane instead of one per element. The logarithm is most of a softplus's
+    work (bce_with_logits' float32 polynomial: 10 of its 22 fused multiply-adds).
+
+    ``when`` maps numeric options to the one value each that the form holds for (bce_with_logits'
+    at pos_weight = 1 only): the sums kernels have them as constants, and run where the options
+    have those values (scalars, tested once per chunk). Elsewhere, and in weighted sums and
+    per-element values (which need each element's log), the kernels call the value function.
+
+    The sum then rounds differently from the sum of the per-element values: each lane's product
+    rounds twice per factor, relative to the product, which is what the log sees (see
+    tests/test_elementwise.py, test_log1p_sum_form_accuracy, for the bounds checked)."""
+
+    def mark(fn):
+        fn._fastloss_log1p_form = (form, dict(when or {}))
+        return fn
+
+    return mark
+
+
 class Option:
     """A loss's keyword option: default, validity rule and how it reaches the kernel.
 
@@ -485,6 +511,14 @@ def elementwise_loss(value, deriv, *, name=None, params=None, validate=None, doc
     checked = [(value, "value"), (deriv, "deriv")]
     checked += [(getattr(fn, "_fastloss_binary"), f"{role}'s binary_target_variant")
                 for fn, role in checked if hasattr(fn, "_fastloss_binary")]
+    checked += [(getattr(fn, "_fastloss_log1p_form")[0], f"{role}'s log1p_sum_form")
+                for fn, role in checked if hasattr(fn, "_fastloss_log1p_form")]
+    for fn, role in checked:
+        for opt, v in getattr(fn, "_fastloss_log1p_form", (None, {}))[1].items():
+            o = next((o for o in options if o.name == opt), None)
+            if o is None or o.host or o.kind is not float:
+                raise ValueError(f"elementwise_loss: {role}'s log1p_sum_form holds for {opt} = {v!r}, which is not "
+                                 f"a numeric option of the loss")
     for fn, role in checked:
         if not callable(fn):
             raise TypeError(f"elementwise_loss: {role} must be a function")

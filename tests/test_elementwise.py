@@ -516,6 +516,185 @@ def test_buffered_kernel_sums_in_lane_order(fl, name, dtype, rng):
         assert np.isfinite(expect) and s == expect, f"n={n}: {s!r} != {expect!r}"
 
 
+def _forms(fl):
+    """(loss name, value function, its log1p_sum_form, the options the form holds for)."""
+    from fastloss.losses import binary, regression
+    return [("bce_with_logits", binary.bce_logits01, binary.bce_logits01_form, {"pos_weight": 1.0}),
+            ("log_cosh", regression.log_cosh_value, regression.log_cosh_form, {})]
+
+
+def test_log1p_sum_forms_are_the_values(fl, rng):
+    """A value's log1p_sum_form (rest, e) must give the value as rest + log1p(e), with e in
+    [0, 1] (each lane's product of 1 + e then stays below 2**64): checked in float64 Python
+    over logits and residuals from 0 to beyond where e underflows, both signs, the branch
+    points, infinities and NaN, for 0/1 targets."""
+    edges = [0.0, -0.0, 1e-300, 1e-8, 0.3, 0.75, np.nextafter(0.75, 1), 0.76, 1.0, 15.0, 40.0, 90.0, 380.0,
+             800.0, 1e300, np.inf]
+    xs = np.concatenate([edges, np.negative(edges), rng.normal(0, 4, 300), [np.nan]])
+    for name, value, form, opts in _forms(fl):
+        assert getattr(value, "_fastloss_log1p_form") == (form, opts)
+        for x in xs:
+            for t in (0.0, 1.0):
+                args = (float(x), t) + tuple(opts.values())
+                want = value(*args)
+                rest, e = form(*args)
+                if math.isnan(want):
+                    assert math.isnan(rest + math.log1p(e)), (name, x, t)
+                    continue
+                assert 0.0 <= e <= 1.0, (name, x, t, e)
+                got = rest + math.log1p(e)
+                assert got == want or abs(got - want) <= 4e-16 * abs(want) + 1e-300, (name, x, t, got, want)
+
+
+def _log1p_sum_cases(name, n, dtype, rng):
+    """Inputs of one regime each for a loss summed through its log1p_sum_form."""
+    if name == "bce_with_logits":
+        return {
+            "tiny terms": (rng.uniform(-90, -15, n), np.zeros(n)),
+            "tiny and alike": (rng.uniform(-17, -16.9, n), np.zeros(n)),
+            "e = 1": (np.zeros(n), rng.integers(0, 2, n)),
+            "mixed": (rng.normal(0, 3, n), rng.integers(0, 2, n)),
+            "near 0": (rng.normal(0, 0.01, n), rng.integers(0, 2, n)),
+        }
+    return {"wide": (rng.normal(0, 5, n), np.zeros(n)), "past the branch": (rng.uniform(0.76, 1.0, n) * rng.choice([-1, 1], n), np.zeros(n)),
+            "tiny e": (rng.uniform(20, 60, n), np.zeros(n)), "mixed": (rng.normal(0, 1, n), rng.normal(0, 1, n))}
+
+
+def _exact_terms(name, p, t):
+    """The loss's terms in float64 from the (rounded) inputs: softplus for 0/1 targets, log cosh."""
+    p, t = p.astype(np.float64), t.astype(np.float64)
+    if name == "bce_with_logits":
+        z = np.where(t == 1.0, -p, p)
+        return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+    d = np.abs(p - t)
+    # log cosh d = log1p(2 sinh(d/2)^2), accurate near 0; d - log 2 + log1p(e^-2d) where that overflows
+    small = np.log1p(2.0 * np.sinh(np.minimum(d, 40.0) / 2.0) ** 2)
+    return np.where(d < 40.0, small, d - math.log(2.0) + np.log1p(np.exp(-2.0 * d)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["bce_with_logits", "log_cosh"])
+def test_log1p_sum_form_accuracy(fl, name, dtype, rng):
+    """The sums that take a log1p_sum_form (one log1p per lane's product of 1 + e, every
+    LOG1P_PASSES buffers) against the float64 sum of the exact terms: within 4e-7 relative in
+    float32 (about 7 float32 ulps of the result; the per-element sum measured within 3e-8, the
+    products within 1.1e-7 at worst, on terms alike and tiny) and 5e-15 in float64, in regimes
+    where a product rounding 1 + e, or losing its small factors, would be far off (every e below
+    an ulp of 1, every e = 1, terms alike), at sizes around the lanes, the buffer, the log's
+    passes and the chunk (parallel), and value_and_grad's sum the same bits."""
+    from fastloss._config import BLOCK, CHUNK, LANES, LOG1P_PASSES, SUM_BLOCKS
+    loss = getattr(fl, name)
+    buf = BLOCK * SUM_BLOCKS
+    rtol = 4e-7 if dtype == np.float32 else 5e-15
+    for n in (1, LANES - 1, LANES + 1, buf - 1, buf + 1, LOG1P_PASSES * buf + 3, CHUNK + 7, 3 * CHUNK + buf):
+        for regime, (p, t) in _log1p_sum_cases(name, n, dtype, rng).items():
+            p, t = p.astype(dtype), t.astype(dtype)
+            exact = math.fsum(_exact_terms(name, p, t))
+            s = loss(p, t, reduction="sum")
+            assert abs(float(s) - exact) <= rtol * abs(exact), (n, regime, float(s), exact)
+            v, _ = loss.value_and_grad(p, t, reduction="sum")
+            assert same_bits(v, s), (n, regime)
+
+
+def _grow_exact(s, e, dtype):
+    """lanes_log1p_mul4's step, fma(s, e, s + e), rounded once as the FMA does (the product of
+    two float32 or float64 numbers and the rounded sum, added in exact rational arithmetic)."""
+    from fractions import Fraction
+    return dtype(float(Fraction(float(s)) * Fraction(float(e)) + Fraction(float(dtype(s + e)))))
+
+
+def _product_sum_in_documented_order(rest, e, dtype):
+    """The sum of a log1p_sum_form kernel, in the order kernels/cpu_elementwise.py (_PRODUCT) and
+    cpu_helpers (lanes_log1p_mul4, lanes_add_log1p) document, written as plain Python: rest of
+    element j into float64 lane j % LANES in order of j; per buffer of SUM_BLOCKS blocks, each
+    lane's factors four strips at a time, paired, then a strip at a time in a partial buffer;
+    the lanes' log1p after every LOG1P_PASSES full buffers and at the end; the lanes in order."""
+    from numba import njit
+
+    from fastloss._config import BLOCK, LANES, LOG1P_PASSES, SUM_BLOCKS
+    from fastloss.kernels.vmath import vlog1p
+    log1p = njit(lambda x: vlog1p(x))
+    acc, prods, passes, size = [0.0] * LANES, [dtype(0.0)] * LANES, 0, BLOCK * SUM_BLOCKS
+
+    def flush():
+        for j in range(LANES):
+            acc[j] += float(log1p(prods[j]))
+            prods[j] = dtype(0.0)
+
+    for b in range(0, len(rest), size):
+        r, f = rest[b:b + size], e[b:b + size]
+        for j, v in enumerate(r):
+            acc[j % LANES] += float(v)
+        full = len(f) - len(f) % (4 * LANES)
+        for k0 in range(0, full, 4 * LANES):
+            for j in range(LANES):
+                q = [f[k0 + i * LANES + j] for i in range(4)]
+                pair = _grow_exact(_grow_exact(q[0], q[1], dtype), _grow_exact(q[2], q[3], dtype), dtype)
+                prods[j] = _grow_exact(prods[j], pair, dtype)
+        for k0 in range(full, len(f), LANES):
+            for j in range(min(LANES, len(f) - k0)):
+                prods[j] = _grow_exact(prods[j], f[k0 + j], dtype)
+        if len(f) == size:
+            passes += 1
+            if passes == LOG1P_PASSES:
+                flush()
+                passes = 0
+    flush()
+    total = 0.0
+    for v in acc:
+        total += v
+    return total
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["bce_with_logits", "log_cosh"])
+def test_log1p_sum_kernels_sum_in_the_documented_order(fl, name, dtype, rng):
+    """value_sums_chunk's and both_sums_chunk's sum is the documented order bit for bit (see
+    _product_sum_in_documented_order), over the kernel's own (rest, e) of each element (its
+    form's compiled function), at sizes around the strips, the buffer and the log's passes."""
+    from fastloss._config import BLOCK, LANES, LOG1P_PASSES, SUM_BLOCKS
+    loss = getattr(fl, name)
+    buf = BLOCK * SUM_BLOCKS
+    for n in (1, 4 * LANES + 5, buf, buf + LANES + 1, LOG1P_PASSES * buf, LOG1P_PASSES * buf + 2 * buf - 3):
+        p = (rng.normal(0, 3, n) * 10.0 ** rng.integers(-2, 2, n)).astype(dtype)
+        t = (rng.integers(0, 2, n) if name == "bce_with_logits" else rng.normal(0, 1, n)).astype(dtype)
+        opts = loss._parse("value", {})[3]
+        static, params = loss.kernel_arguments(opts, (n,), np.dtype(dtype))
+        k = loss.cpu_kernels(static, np.dtype(dtype).name)
+        form = next(getattr(k, a) for a in dir(k) if a.endswith("_form"))
+        parts = [form(p[j], t[j], *params) for j in range(n)]
+        rest = np.array([r for r, _ in parts], dtype)
+        e = np.array([x for _, x in parts], dtype)
+        expect = _product_sum_in_documented_order(rest, e, dtype)
+        s, _ = k.value_chunk(p, t, None, None, *params, 0, n)
+        s_both, _ = k.both_chunk(p, t, None, None, np.empty(n, dtype), 1.0, *params, 0, n)
+        assert np.isfinite(expect) and s == expect == s_both, f"n={n}: {s!r} {s_both!r} != {expect!r}"
+
+
+def test_log1p_sum_form_edges(fl):
+    """The product sums keep IEEE's answers: NaN anywhere gives NaN, an infinite loss term inf,
+    a logit whose term is 0 (−inf with target 0) nothing, in float32 and float64."""
+    for dtype in (np.float32, np.float64):
+        x = np.linspace(-5, 5, 3000).astype(dtype)
+        t = (x > 0.3).astype(dtype)
+        base = float(fl.bce_with_logits(x, t, reduction="sum"))
+        for value, t_at, want in ((np.nan, 0.0, "nan"), (np.inf, 0.0, "inf"), (-np.inf, 0.0, base),
+                                  (np.inf, 1.0, base), (-np.inf, 1.0, "inf")):
+            xx, tt = x.copy(), t.copy()
+            xx[1234], tt[1234] = value, t_at
+            ref_t = float(fl.bce_with_logits(x[1234:1235], t[1234:1235], reduction="sum"))
+            s = float(fl.bce_with_logits(xx, tt, reduction="sum"))
+            if want == "nan":
+                assert math.isnan(s)
+            elif want == "inf":
+                assert s == math.inf
+            else:
+                assert abs(s - (base - ref_t)) <= 1e-5 * base, (value, t_at, s, base - ref_t)
+        lc = fl.log_cosh(np.array([np.nan, 1.0], dtype), np.zeros(2, dtype), reduction="sum")
+        assert math.isnan(float(lc))
+        assert float(fl.log_cosh(np.array([np.inf, 1.0], dtype), np.zeros(2, dtype), reduction="sum")) == math.inf
+
+
 @pytest.mark.parametrize("name", ["mse", "mae"])
 def test_float32_data_accumulates_in_float64(fl, name):
     """A sum that float32 accumulators get visibly wrong: each chunk of 32768 elements starts

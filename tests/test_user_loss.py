@@ -7,7 +7,7 @@ import pytest
 from _cases import sample_weight
 from _checks import check_grad, check_value, check_vg_consistent, check_vg_matches
 from conftest import GPU_BACKENDS, assert_close
-from fastloss import binary_target_variant, float32_variant, fused_multiply_add
+from fastloss import binary_target_variant, float32_variant, fused_multiply_add, log1p_sum_form
 
 
 def ph_value(pred, target, delta):
@@ -426,6 +426,72 @@ def test_binary_target_variant_must_take_the_same_arguments(fl):
 
     with pytest.raises(TypeError, match="value's binary_target_variant must take"):
         fl.elementwise_loss(value, lambda p, t, delta: delta, params={"delta": 1.0})
+
+
+def _scaled_softplus_form(p, t, scale):
+    d = scale * (p - t)
+    return (d if d > 0.0 else 0.0), math.exp(-abs(d))
+
+
+@log1p_sum_form(_scaled_softplus_form, when={"scale": 1.0})
+def _scaled_softplus(p, t, scale):
+    d = scale * (p - t)
+    return (d if d > 0.0 else 0.0) + math.log1p(math.exp(-abs(d)))
+
+
+def _scaled_softplus_deriv(p, t, scale):
+    d = scale * (p - t)
+    e = math.exp(-abs(d))
+    return scale * (1.0 / (1.0 + e) if d >= 0.0 else e / (1.0 + e))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log1p_sum_form_in_a_user_loss(fl, dtype, rng):
+    """fl.log1p_sum_form on a user's loss: its unweighted sums take the product kernels where the
+    form holds (scale = 1) and the per-element values elsewhere, and both agree with the float64
+    sum of log(1 + e^(scale (p - t))) (4e-7 relative in float32, 1e-14 in float64); weighted
+    sums and per-element values are unchanged."""
+    loss = fl.elementwise_loss(_scaled_softplus, _scaled_softplus_deriv, name="scaled_softplus",
+                               params={"scale": 1.0})
+    assert hasattr(loss.cpu_kernels((), np.dtype(dtype).name), "value_sums_chunk")
+    n = 50_000  # two chunks: the parallel driver
+    p, t = (rng.normal(0, 4, n)).astype(dtype), rng.normal(0, 1, n).astype(dtype)
+    rtol = 4e-7 if dtype == np.float32 else 1e-14
+    for scale in (1.0, 0.5):
+        d = scale * (p.astype(np.float64) - t.astype(np.float64))
+        terms = np.logaddexp(0.0, d)
+        exact = math.fsum(terms)
+        s = loss(p, t, reduction="sum", scale=scale)
+        assert abs(float(s) - exact) <= rtol * exact, (scale, float(s), exact)
+        v, g = loss.value_and_grad(p, t, reduction="sum", scale=scale)
+        assert float(v) == float(s)
+        assert_close(g, scale / (1.0 + np.exp(-d)), dtype)
+        none = loss(p, t, reduction="none", scale=scale)
+        np.testing.assert_allclose(np.asarray(none, np.float64), terms, rtol=8 * np.finfo(dtype).eps)
+        w = rng.uniform(0, 2, n).astype(dtype)
+        sw = loss(p, t, reduction="sum", scale=scale, sample_weight=w)
+        assert abs(float(sw) - math.fsum(w.astype(np.float64) * terms)) <= rtol * exact
+
+
+def test_log1p_sum_form_options_and_arguments_are_checked(fl):
+    """A log1p_sum_form must take the value's arguments, and hold for numeric options of the
+    loss: anything else is refused when the loss is made."""
+    def form(p, t):
+        return p, 0.0
+
+    @log1p_sum_form(form)
+    def value(p, t, scale):
+        return p
+
+    with pytest.raises(TypeError, match="value's log1p_sum_form must take"):
+        fl.elementwise_loss(value, lambda p, t, scale: scale, params={"scale": 1.0})
+
+    @log1p_sum_form(lambda p, t, scale: (p, 0.0), when={"width": 1.0})
+    def value2(p, t, scale):
+        return p
+
+    with pytest.raises(ValueError, match="holds for width"):
+        fl.elementwise_loss(value2, lambda p, t, scale: scale, params={"scale": 1.0})
 
 
 _LIMIT = float("inf")

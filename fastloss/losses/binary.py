@@ -5,7 +5,7 @@ probabilities in [0, 1] for the cross-entropies and focal loss, and ±1 (or 0/1)
 """
 import math
 
-from .._loss import Option, binary_target_variant, elementwise_loss, fused_multiply_add
+from .._loss import Option, binary_target_variant, elementwise_loss, fused_multiply_add, log1p_sum_form
 from ..kernels.vmath_stubs import vlog_nonneg
 
 
@@ -43,6 +43,15 @@ def bce_logits(x, t, pos_weight):
     return a + b
 
 
+def bce_logits01_form(x, t, pos_weight):
+    """bce_logits01 at pos_weight = 1 as (rest, e), the value being rest + log1p(e): softplus(z) =
+    max(z, 0) + log1p(e^(−|z|)) for the z = ±x that t picks (log1p_sum_form; the sums of 0/1
+    targets then take one logarithm per 64 elements of a lane, not one per element)."""
+    z = -x if t == 1.0 else x
+    return (z if z > 0.0 else 0.0), math.exp(-abs(z))
+
+
+@log1p_sum_form(bce_logits01_form, when={"pos_weight": 1.0})
 def bce_logits01(x, t, pos_weight):
     """bce_logits for t = 0 or 1: the one term that t keeps, w·softplus(−x) or softplus(x), by
     the same operations, so the same number bit for bit (the + 0.0 is bce_logits's sum with the

@@ -7,7 +7,7 @@ carries it) and no ``min``/``max`` hides it.
 """
 import math
 
-from .._loss import Option, elementwise_loss, float32_variant, fused_multiply_add
+from .._loss import Option, elementwise_loss, float32_variant, fused_multiply_add, log1p_sum_form
 
 
 def sign(d):
@@ -235,6 +235,17 @@ def _fit_log_cosh_series():
         return fits
 
 
+def log_cosh_form(p, t):
+    """log_cosh_value as (rest, e), the value being rest + log1p(e) (log1p_sum_form): its small
+    polynomial and e = 0 for |d| <= 0.75, else |d| − log 2 and e = e^(−2|d|), the same e."""
+    a = abs(p - t)
+    small = a * a * _log_cosh_series(a * a)
+    e = math.exp(-abs(2.0 * a))
+    rest = small if a <= _LOG_COSH_SMALL else ((a - _LN2_HI) - _LN2_LO)
+    return rest, (0.0 if a <= _LOG_COSH_SMALL else e)
+
+
+@log1p_sum_form(log_cosh_form)
 def log_cosh_value(p, t):
     a = abs(p - t)
     small = a * a * _log_cosh_series(a * a)
