@@ -445,12 +445,12 @@ def _scaled_softplus_deriv(p, t, scale):
     return scale * (1.0 / (1.0 + e) if d >= 0.0 else e / (1.0 + e))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32])  # float64: the built-in losses' tests (compiling costs 17 s)
 def test_log1p_sum_form_in_a_user_loss(fl, dtype, rng):
     """fl.log1p_sum_form on a user's loss: its unweighted sums take the product kernels where the
     form holds (scale = 1) and the per-element values elsewhere, and both agree with the float64
-    sum of log(1 + e^(scale (p - t))) (4e-7 relative in float32, 1e-14 in float64); weighted
-    sums and per-element values are unchanged."""
+    sum of log(1 + e^(scale (p - t))) (4e-7 relative in float32); weighted sums and per-element
+    values are unchanged."""
     loss = fl.elementwise_loss(_scaled_softplus, _scaled_softplus_deriv, name="scaled_softplus",
                                params={"scale": 1.0})
     assert hasattr(loss.cpu_kernels((), np.dtype(dtype).name), "value_sums_chunk")
