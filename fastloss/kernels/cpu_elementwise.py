@@ -121,8 +121,8 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
 
 # value_chunk and both_chunk, and where the value has a log1p_sum_form the kernels of its sums,
 # value_sums_chunk and both_sums_chunk, which take the same arguments and are only ever called
-# with weight = vals = None (from the first two, {DISPATCH}): their loops are the product loops
-# (_PRODUCT) where a form holds. Kernels of their own rather than a branch in value_chunk: Numba
+# with weight = vals = None, by the first two (_DISPATCH_VALUE, _DISPATCH_BOTH): their loops are
+# the product loops (_PRODUCT), with the forms' options constants. Kernels of their own rather than a branch in value_chunk: Numba
 # prunes a branch on ``weight is None`` where weight is None, not where it is an array, so every
 # weighted specialisation would have compiled the product loop too (log_cosh's value_chunk 1.3 ->
 # 2.4 s to compile).
@@ -162,8 +162,10 @@ def {NAME}(pred, target, weight, vals, grad, scale, {P}start, stop):
 
 """
 
-# value_chunk's and both_chunk's first lines where the value has a form (pruned where weight or
-# vals is None-typed... and kept, never taken, where it is an array).
+# value_chunk's and both_chunk's first lines where the value has a form: in the specialisation
+# for weight = vals = None all that is compiled of them (the rest is unreachable where {TEST} is
+# True, as for log_cosh), elsewhere a branch never taken. {TEST}: the forms' options have their
+# values (param_is, once per chunk).
 _DISPATCH_VALUE = """\
     if weight is None:
         if vals is None:
@@ -265,8 +267,8 @@ for j in range(pb.size):
 # factors 1 + e each lane multiplies together (as Π(1 + e) − 1) when the buffers are full; every
 # LOG1P_PASSES of those, and at the end, the lanes' log1p go into the float64 lanes. The map
 # loses the per-element logarithm: one core, in cache, side by side, bce_with_logits' value
-# 0.322-0.324 -> 0.240-0.248 ns per element in float32 and 1.66 -> 0.55 in float64 (where the
-# log1p of vsoftplus did not inline), log_cosh's 0.315-0.317 -> 0.280-0.289 and 1.87 -> 0.78. A
+# 0.32-0.34 -> 0.24-0.28 ns per element in float32 and 1.69-1.71 -> 0.54-0.58 in float64 (where
+# the log1p of vsoftplus did not inline), log_cosh's 0.32-0.33 -> 0.28-0.32 and 1.88 -> 0.75. A
 # step without a form (the general math of a loss whose binary-target variant has one) writes
 # e = 0, a factor of 1.
 _PRODUCT = """\
@@ -514,8 +516,9 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     # log1p_sum_forms: (function, {option: value it holds for}) of the value and its variant
     forms = {"form": getattr(value, "_fastloss_log1p_form", None),
              "form01": getattr(value01, "_fastloss_log1p_form", None)}
-    factors = _config.LOG1P_PASSES * _config.BLOCK * _config.SUM_BLOCKS // _config.LANES
-    assert any(forms.values()) is False or 0 < factors <= 120, "LOG1P_PASSES: a lane's product could overflow"
+    factors = _config.LOG1P_PASSES * _config.BLOCK * _config.SUM_BLOCKS // _config.LANES  # per lane, each <= 2
+    if any(forms.values()) and not 0 < factors <= 120:
+        raise ValueError(f"_config.LOG1P_PASSES: {factors} factors per lane could overflow a float32 product")
     src = codegen.scalar_source({"value": value, "deriv": deriv, "flags": target_flags,
                                  "value01": value01, "deriv01": deriv01,
                                  **{role: f[0] for role, f in forms.items() if f is not None}},
@@ -549,21 +552,20 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
 
     # The sums kernels' loops have the forms' options (``when``: at most one value each) as
     # constants, WHEN_<option>; value_chunk and both_chunk call them where the options have them.
-    when = {}
+    when_values = {}
     for form in filter(None, forms.values()):
         for n, v in form[1].items():
-            if when.setdefault(n, float(v)) != float(v):
+            if when_values.setdefault(n, float(v)) != float(v):
                 raise ValueError(f"{name}: the log1p_sum_forms of the value and its variant hold for different {n}")
-    when_values = list(when.values())
-    when = {local[n]: f"WHEN_{local[n]}" for n in when}
+    when = {local[n]: f"WHEN_{local[n]}" for n in when_values}
 
     def lane_loop(step, consts, grad, variants, products=False):
         """The loop of value_chunk or both_chunk (``grad``), or with ``products`` of value_sums_chunk
         or both_sums_chunk: the product loop (the forms' options are constants in ``consts`` there)."""
         windowed = [a for a in args if a not in consts]
-        has = {False: forms["form"] is not None, True: variants and forms["form01"] is not None}
         if not products:
             return _lane_loop(*steps(step, consts, variants), not src.math_used, windowed, grad)
+        has = {False: forms["form"] is not None, True: variants and forms["form01"] is not None}
 
         def product_step(variant):
             f = fill(consts, variant)
@@ -588,19 +590,19 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     sums = any(forms.values())
     fast_rest = {a: v for a, v in fast.items() if a not in when}  # the sums kernels' fast loops
     test = " and ".join(f"param_is({a}, {c})" for a, c in when.items()) or "True"
-    for key, template, step, variants, dispatch, name_ in (
+    for key, template, step, variants, dispatch, kernel in (
             ("VALUE_KERNELS", _VALUE_KERNEL, _VALUE_STEP, value01 is not None, _DISPATCH_VALUE, "value"),
             ("BOTH_KERNELS", _BOTH_KERNEL, _BOTH_STEP, binary, _DISPATCH_BOTH, "both")):
-        grad = name_ == "both"
+        grad = kernel == "both"
         if sums:
             loop = _fast_branches(lambda c: lane_loop(step, dict(c, **when), grad, variants, products=True), fast_rest)
-            kernels[key] += template.format(NAME=f"{name_}_sums_chunk", DISPATCH="", P=p, WINDOW=window, LOOP=loop)
+            kernels[key] += template.format(NAME=f"{kernel}_sums_chunk", DISPATCH="", P=p, WINDOW=window, LOOP=loop)
         loop = _fast_branches(lambda c: lane_loop(step, c, grad, variants), fast)
-        kernels[key] += template.format(NAME=f"{name_}_chunk", DISPATCH=dispatch.format(P=p, TEST=test) if sums else "",
+        kernels[key] += template.format(NAME=f"{kernel}_chunk", DISPATCH=dispatch.format(P=p, TEST=test) if sums else "",
                                         P=p, WINDOW=window, LOOP=loop)
     grad_loop = _fast_branches(grad_loop, fast)
     consts = "".join(f"\nFAST_{a}_{k} = FLOAT({v!r})" for a, vs in fast.items() for k, v in enumerate(vs))
-    consts += "".join(f"\n{c} = FLOAT({v!r})" for (a, c), v in zip(when.items(), when_values))
+    consts += "".join(f"\n{when[local[n]]} = FLOAT({v!r})" for n, v in when_values.items())
     body = extra + _BODY.format(scalars=src.text + consts, P=p, WINDOW=window, GRAD_LOOP=grad_loop, **kernels)
     header = _HEADER.format(imports="\n".join(src.imports), dtype=dtype, bits=64 if dtype == "float64" else 32,
                             block=int(_config.BLOCK), sum_blocks=int(_config.SUM_BLOCKS),
