@@ -120,35 +120,17 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
 
 
 # value_chunk and both_chunk, and where the value has a log1p_sum_form the kernels of its sums,
-# value_sums_chunk and both_sums_chunk, which take the same arguments and are only ever called
-# with weight = vals = None, by the first two (_DISPATCH_VALUE, _DISPATCH_BOTH): their loops are
-# the product loops (_PRODUCT), with the forms' options constants. Kernels of their own rather than a branch in value_chunk: Numba
-# prunes a branch on ``weight is None`` where weight is None, not where it is an array, so every
-# weighted specialisation would have compiled the product loop too (log_cosh's value_chunk 1.3 ->
-# 2.4 s to compile).
-_VALUE_KERNEL = """\
+# value_sums_chunk and both_sums_chunk: one template (the kernels that sum) for the four. The
+# sums kernels take the same arguments, are only ever called with weight = vals = None, by the
+# first two (_DISPATCH), and their loops are the product loops (_PRODUCT), with the forms'
+# options constants. Kernels of their own rather than a branch in value_chunk: Numba prunes a
+# branch on ``weight is None`` where weight is None, not where it is an array, so every weighted
+# specialisation would have compiled the product loop too (log_cosh's value_chunk 1.3 -> 2.4 s).
+_SUMS_KERNEL = """\
 @KERNEL_JIT
-def {NAME}(pred, target, weight, vals, {P}start, stop):
+def {KIND}_chunk(pred, target, weight, vals, {GRAD}{P}start, stop):
     prefer_vector_width(VECTOR_BITS)
-{DISPATCH}    pred, target = pred[start:stop], target[start:stop]
-    {WINDOW}
-    if weight is not None:
-        wv = weight[start:stop]
-    if vals is not None:
-        vv = vals[start:stop]
-    acc = np.zeros(LANES)
-    flags = np.int32(0)
-{LOOP}
-    return lane_sum(acc), flags
-
-
-"""
-
-_BOTH_KERNEL = """\
-@KERNEL_JIT
-def {NAME}(pred, target, weight, vals, grad, scale, {P}start, stop):
-    prefer_vector_width(VECTOR_BITS)
-{DISPATCH}    pred, target, grad = pred[start:stop], target[start:stop], grad[start:stop]
+{DISPATCH}    {SLICES}
     {WINDOW}
     if weight is not None:
         wv = weight[start:stop]
@@ -166,17 +148,11 @@ def {NAME}(pred, target, weight, vals, grad, scale, {P}start, stop):
 # for weight = vals = None all that is compiled of them (the rest is unreachable where {TEST} is
 # True, as for log_cosh), elsewhere a branch never taken. {TEST}: the forms' options have their
 # values (param_is, once per chunk).
-_DISPATCH_VALUE = """\
+_DISPATCH = """\
     if weight is None:
         if vals is None:
             if {TEST}:
-                return value_sums_chunk(pred, target, None, None, {P}start, stop)
-"""
-_DISPATCH_BOTH = """\
-    if weight is None:
-        if vals is None:
-            if {TEST}:
-                return both_sums_chunk(pred, target, None, None, grad, scale, {P}start, stop)
+                return {KIND}_sums_chunk(pred, target, None, None, {GRAD}{P}start, stop)
 """
 
 
@@ -590,16 +566,18 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
     sums = any(forms.values())
     fast_rest = {a: v for a, v in fast.items() if a not in when}  # the sums kernels' fast loops
     test = " and ".join(f"param_is({a}, {c})" for a, c in when.items()) or "True"
-    for key, template, step, variants, dispatch, kernel in (
-            ("VALUE_KERNELS", _VALUE_KERNEL, _VALUE_STEP, value01 is not None, _DISPATCH_VALUE, "value"),
-            ("BOTH_KERNELS", _BOTH_KERNEL, _BOTH_STEP, binary, _DISPATCH_BOTH, "both")):
-        grad = kernel == "both"
+    for key, kind, step, variants in (("VALUE_KERNELS", "value", _VALUE_STEP, value01 is not None),
+                                      ("BOTH_KERNELS", "both", _BOTH_STEP, binary)):
+        grad = kind == "both"
+        parts = dict(GRAD="grad, scale, " if grad else "", P=p, WINDOW=window,
+                     SLICES=("pred, target, grad = pred[start:stop], target[start:stop], grad[start:stop]" if grad
+                             else "pred, target = pred[start:stop], target[start:stop]"))
         if sums:
             loop = _fast_branches(lambda c: lane_loop(step, dict(c, **when), grad, variants, products=True), fast_rest)
-            kernels[key] += template.format(NAME=f"{kernel}_sums_chunk", DISPATCH="", P=p, WINDOW=window, LOOP=loop)
+            kernels[key] += _SUMS_KERNEL.format(KIND=f"{kind}_sums", DISPATCH="", LOOP=loop, **parts)
         loop = _fast_branches(lambda c: lane_loop(step, c, grad, variants), fast)
-        kernels[key] += template.format(NAME=f"{kernel}_chunk", DISPATCH=dispatch.format(P=p, TEST=test) if sums else "",
-                                        P=p, WINDOW=window, LOOP=loop)
+        dispatch = _DISPATCH.format(KIND=kind, TEST=test, **parts) if sums else ""
+        kernels[key] += _SUMS_KERNEL.format(KIND=kind, DISPATCH=dispatch, LOOP=loop, **parts)
     grad_loop = _fast_branches(grad_loop, fast)
     consts = "".join(f"\nFAST_{a}_{k} = FLOAT({v!r})" for a, vs in fast.items() for k, v in enumerate(vs))
     consts += "".join(f"\n{when[local[n]]} = FLOAT({v!r})" for n, v in when_values.items())

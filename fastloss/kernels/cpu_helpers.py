@@ -65,6 +65,14 @@ def lanes_add(acc, buf):
 
 
 @njit(**CPU_SCALAR)
+def strips4(buf, k0, lanes):
+    """The four strips of ``lanes`` elements from ``buf[k0]`` on, as views indexed from 0 (see
+    lanes_add4 on why not ``buf[k0 + r * lanes + j]``)."""
+    return (buf[k0:k0 + lanes], buf[k0 + lanes:k0 + 2 * lanes], buf[k0 + 2 * lanes:k0 + 3 * lanes],
+            buf[k0 + 3 * lanes:k0 + 4 * lanes])
+
+
+@njit(**CPU_SCALAR)
 def lanes_add4(acc, buf):
     """``lanes_add``, four strips of LANES values per pass: each lane adds its four in order of
     j, so the sums are the same bit for bit, and the lanes are loaded and stored once per four
@@ -77,11 +85,9 @@ def lanes_add4(acc, buf):
     it). The strips are views indexed from 0: indexing ``buf`` at ``k0 + r * lanes + j``, whose
     sign LLVM cannot prove, made it vectorise this loop with gathers inside bce's kernel."""
     lanes = acc.size
-    step = 4 * lanes
-    full = buf.size - buf.size % step
-    for k0 in range(0, full, step):
-        b0, b1 = buf[k0:k0 + lanes], buf[k0 + lanes:k0 + 2 * lanes]
-        b2, b3 = buf[k0 + 2 * lanes:k0 + 3 * lanes], buf[k0 + 3 * lanes:k0 + step]
+    full = buf.size - buf.size % (4 * lanes)
+    for k0 in range(0, full, 4 * lanes):
+        b0, b1, b2, b3 = strips4(buf, k0, lanes)
         for j in range(lanes):
             acc[j] = (((acc[j] + b0[j]) + b1[j]) + b2[j]) + b3[j]
     lanes_add(acc, buf[full:])  # the last, partial pass: a strip at a time
@@ -216,11 +222,9 @@ def lanes_log1p_mul4(prods, buf):
     of roundings, and of latency, than one factor at a time); the partial pass at the end a strip
     at a time. The order is fixed by the buffer's length alone, as the sums' is."""
     lanes = prods.size
-    step = 4 * lanes
-    full = buf.size - buf.size % step
-    for k0 in range(0, full, step):
-        b0, b1 = buf[k0:k0 + lanes], buf[k0 + lanes:k0 + 2 * lanes]
-        b2, b3 = buf[k0 + 2 * lanes:k0 + 3 * lanes], buf[k0 + 3 * lanes:k0 + step]
+    full = buf.size - buf.size % (4 * lanes)
+    for k0 in range(0, full, 4 * lanes):
+        b0, b1, b2, b3 = strips4(buf, k0, lanes)
         for j in range(lanes):
             prods[j] = _grow(prods[j], _grow(_grow(b0[j], b1[j]), _grow(b2[j], b3[j])))
     for k0 in range(full, buf.size, lanes):
