@@ -30,7 +30,7 @@ stops vectorisation.
 A loss whose value has a ``log1p_sum_form`` (value = l + log1p(e): bce_with_logits' softplus,
 log_cosh) has two kernels more, ``value_sums_chunk`` and ``both_sums_chunk``: value_chunk's and
 both_chunk's unweighted sums without per-element values, where the form's options (``when``)
-have its values, which those two call. Their loop (``_PRODUCT``) sums l into the lanes and
+have its values, which those two call. Their loop (``_BUFFERED`` with ``_PRODUCTS``) sums l into the lanes and
 multiplies each lane's factors 1 + e together, with one log1p per lane every
 ``_config.LOG1P_PASSES`` buffers instead of one per element. Their sums are as fixed in order as
 the others, the same from value and value_and_grad, but not the bits of the weighted sum with
@@ -58,8 +58,9 @@ import math
 import numpy as np
 from numba import njit, prange
 from fastloss._config import CPU_SCALAR, CPU_KERNEL, CPU_PARALLEL, LANES
-from fastloss.kernels.cpu_helpers import (keep, lane_sum, lanes_add4, lanes_add_log1p, lanes_log1p_mul4, or_bits,
-                                          param_at, param_is, param_window, prefer_vector_width, prefetch_lines)
+from fastloss.kernels.cpu_helpers import (keep, lane_sum, lanes_add4, lanes_add_log1p, lanes_log1p_mul4,
+                                          lanes_log1p_pass, or_bits, param_at, param_is, param_window,
+                                          prefer_vector_width, prefetch_lines)
 {imports}
 
 CACHE = True
@@ -122,7 +123,7 @@ def both_par(pred, target, weight, vals, grad, scale, {P}sums, flags, chunk):
 # value_chunk and both_chunk, and where the value has a log1p_sum_form the kernels of its sums,
 # value_sums_chunk and both_sums_chunk: one template (the kernels that sum) for the four. The
 # sums kernels take the same arguments, are only ever called with weight = vals = None, by the
-# first two (_DISPATCH), and their loops are the product loops (_PRODUCT), with the forms'
+# first two (_DISPATCH), and their loops are the product loops (_PRODUCTS), with the forms'
 # options constants. Kernels of their own rather than a branch in value_chunk: Numba prunes a
 # branch on ``weight is None`` where weight is None, not where it is an array, so every weighted
 # specialisation would have compiled the product loop too (log_cosh's value_chunk 1.3 -> 2.4 s).
@@ -180,8 +181,9 @@ _GRAD_STEP = _GRAD_WORK.format(t="tb[j]", p="pb[j]", w="wb[j]", g="gb[j]", opts=
 # The per-element work of value_chunk and both_chunk: l (and g) for element j of the group views
 # pb, tb, (gb, wb, vb).
 _VALUE_STEP = """\
+p = pb[j]
 t = tb[j]
-l = {value}(pb[j], t, {PJ})
+{CALL}
 if weight is not None:
     l = l * wb[j]
 if vals is not None:
@@ -191,7 +193,7 @@ if vals is not None:
 _BOTH_STEP = """\
 p = pb[j]
 t = tb[j]
-l = {value}(p, t, {PJ})
+{CALL}
 g = {deriv}(p, t, {PJ}) * scale
 if weight is not None:
     l = l * wb[j]
@@ -222,16 +224,16 @@ if vals is not None:
 # BLOCK ahead. (A sum after every block cost 3-8% in cache: see _config.SUM_BLOCKS.)
 _BUFFERED = """\
 buf = np.empty(BLOCK * SUM_BLOCKS, dtype=pred.dtype)
-filled = 0
+{PRODUCTS_SETUP}filled = 0
 {AHEAD}for b0 in range(0, pred.size, BLOCK):
 {PREFETCH}{VIEWS}
     bb = buf[filled:filled + pb.size]
-{MAPS}
+{PRODUCTS_VIEW}{MAPS}
     filled += pb.size
     if filled == buf.size:
         lanes_add4(acc, buf)
-        filled = 0
-lanes_add4(acc, buf[:filled])"""
+{PRODUCTS_PASS}        filled = 0
+lanes_add4(acc, buf[:filled]){PRODUCTS_END}"""
 
 _BUFFER_MAP = """\
 for j in range(pb.size):
@@ -239,58 +241,24 @@ for j in range(pb.size):
     bb[j] = l"""
 
 # The sums of a value with a log1p_sum_form (value = l + log1p(e); fastloss._loss.log1p_sum_form),
-# unweighted and without per-element values: _BUFFERED with a second buffer, of the e's, whose
-# factors 1 + e each lane multiplies together (as Π(1 + e) − 1) when the buffers are full; every
-# LOG1P_PASSES of those, and at the end, the lanes' log1p go into the float64 lanes. The map
-# loses the per-element logarithm: one core, in cache, side by side, bce_with_logits' value
-# 0.32-0.34 -> 0.24-0.28 ns per element in float32 and 1.69-1.71 -> 0.54-0.58 in float64 (where
-# the log1p of vsoftplus did not inline), log_cosh's 0.32-0.33 -> 0.28-0.32 and 1.88 -> 0.75. A
+# unweighted and without per-element values: _BUFFERED with these lines, a second buffer, of the
+# e's, whose factors 1 + e each lane multiplies together (as Π(1 + e) − 1) when the buffers are
+# full; every LOG1P_PASSES of those, and at the end, the lanes' log1p go into the float64 lanes
+# (cpu_helpers.lanes_log1p_pass). The map loses the per-element logarithm: one core, in cache,
+# side by side, bce_with_logits' value 0.32-0.34 -> 0.24-0.28 ns per element in float32 and
+# 1.69-1.71 -> 0.54-0.58 in float64 (where the log1p of vsoftplus did not inline), log_cosh's
+# 0.32-0.33 -> 0.28-0.32 and 1.88 -> 0.75. The step is the plain one with the form's call for the
+# value's ({CALL}: "l, e = form(...)"; the weight and vals lines are pruned, both None there); a
 # step without a form (the general math of a loss whose binary-target variant has one) writes
 # e = 0, a factor of 1.
-_PRODUCT = """\
-buf = np.empty(BLOCK * SUM_BLOCKS, dtype=pred.dtype)
-ebuf = np.empty(BLOCK * SUM_BLOCKS, dtype=pred.dtype)
-prods = np.zeros(LANES, dtype=pred.dtype)
-filled = 0
-passes = 0
-{AHEAD}for b0 in range(0, pred.size, BLOCK):
-{PREFETCH}{VIEWS}
-    bb = buf[filled:filled + pb.size]
-    eb = ebuf[filled:filled + pb.size]
-{MAPS}
-    filled += pb.size
-    if filled == buf.size:
-        lanes_add4(acc, buf)
-        lanes_log1p_mul4(prods, ebuf)
-        filled = 0
-        passes += 1
-        if passes == LOG1P_PASSES:
-            lanes_add_log1p(acc, prods)
-            passes = 0
-lanes_add4(acc, buf[:filled])
-lanes_log1p_mul4(prods, ebuf[:filled])
-lanes_add_log1p(acc, prods)"""
+_PRODUCTS = dict(PRODUCTS_SETUP="ebuf = np.empty(BLOCK * SUM_BLOCKS, dtype=pred.dtype)\n"
+                                "prods = np.zeros(LANES, dtype=pred.dtype)\npasses = 0\n",
+                 PRODUCTS_VIEW="    eb = ebuf[filled:filled + pb.size]\n",
+                 PRODUCTS_PASS="        passes = lanes_log1p_pass(acc, prods, ebuf, passes, LOG1P_PASSES)\n",
+                 PRODUCTS_END="\nlanes_log1p_mul4(prods, ebuf[:filled])\nlanes_add_log1p(acc, prods)")
+_NO_PRODUCTS = dict.fromkeys(_PRODUCTS, "")
 
-_PRODUCT_MAP = """\
-for j in range(pb.size):
-{STEP}
-    bb[j] = l
-    eb[j] = e"""
-
-# The steps of _PRODUCT's maps (no weight, no vals there): {split} is either the form's call
-# ("l, e = form(...)") or the value's with e = 0.
-_SPLIT_FORM = "l, e = {form}({p}, t, {PJ})"
-_SPLIT_NONE = "l = {value}({p}, t, {PJ})\ne = FLOAT(0.0)"
-_PRODUCT_VALUE_STEP = """\
-t = tb[j]
-{SPLIT}
-{FLAGS}"""
-_PRODUCT_BOTH_STEP = """\
-p = pb[j]
-t = tb[j]
-{SPLIT}
-gb[j] = {deriv}(p, t, {PJ}) * scale
-{FLAGS}"""
+_PRODUCT_MAP = _BUFFER_MAP + "\n    eb[j] = e"
 
 # grad_chunk's loop, block by block (only for a derivative with a binary-target variant).
 _BLOCKS = """\
@@ -414,14 +382,16 @@ def _maps(template, step, step01, result):
     return textwrap.indent(pick, "    ")
 
 
-def _lane_loop(step, step01, direct, windowed, grad):
+def _lane_loop(step, step01, direct, windowed, grad, products=False):
     """The accumulating loop of a chunk kernel; ``windowed``: the options it reads per element;
-    ``step01``: the step with the binary-target variants (None: the loss has none)."""
-    if direct and step01 is None:
+    ``step01``: the step with the binary-target variants (None: the loss has none); ``products``:
+    the loop of a sums kernel (the steps set e as well as l)."""
+    if direct and step01 is None and not products:
         return _DIRECT.format(VIEWS=_block_views("LANES", windowed, grad), STEP=textwrap.indent(step, "        "),
                               **_prefetch_text(every_block=True, on=not grad))
-    loop = _BUFFERED.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=_maps(_BUFFER_MAP, step, step01, "l"),
-                            **_prefetch_text())
+    maps = _maps(_PRODUCT_MAP if products else _BUFFER_MAP, step, step01, "l")
+    loop = _BUFFERED.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=maps, **_prefetch_text(),
+                            **(_PRODUCTS if products else _NO_PRODUCTS))
     return loop if step01 is None else _FIRST_BLOCK + loop
 
 
@@ -515,16 +485,28 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
         return ", ".join(repr(static[n]) if n in static else consts.get(local[n]) or index.format(local[n])
                          for n in param_names)
 
-    def fill(consts, variants=False):
+    def fill(consts, variants=False, products=False):
+        """The names a step's text is formatted with; ``products``: a sums kernel's step, whose
+        CALL sets e as well as l (from the form of the value it calls, or e = 0)."""
         names = src.names
-        return dict(value=names.get("value01", names["value"]) if variants else names["value"],
-                    deriv=names.get("deriv01", names["deriv"]) if variants else names["deriv"],
-                    FLAGS=flags, PJ=option_args(consts, "param_at({}_b, j)"), PI=option_args(consts, "param_at({}, i)"))
+        variant = variants and "value01" in names
+        value = names["value01" if variant else "value"]
+        pj = option_args(consts, "param_at({}_b, j)")
+        form = "form01" if variant else "form"
+        if not products:
+            call = f"l = {value}(p, t, {pj})"
+        elif form in names:
+            call = f"l, e = {names[form]}(p, t, {pj})"
+        else:
+            call = f"l = {value}(p, t, {pj})\ne = FLOAT(0.0)"
+        return dict(value=value, deriv=names.get("deriv01", names["deriv"]) if variants else names["deriv"],
+                    CALL=call, FLAGS=flags, PJ=pj, PI=option_args(consts, "param_at({}, i)"))
 
-    def steps(step, consts, variants):
+    def steps(step, consts, variants, products=False):
         """``step`` for the general math, and for the binary-target variants (None unless
         ``variants``: a loop whose functions have no variant gets no second copy)."""
-        return step.format(**fill(consts)), step.format(**fill(consts, True)) if variants else None
+        return (step.format(**fill(consts, False, products)),
+                step.format(**fill(consts, True, products)) if variants else None)
 
     # The sums kernels' loops have the forms' options (``when``: at most one value each) as
     # constants, WHEN_<option>; value_chunk and both_chunk call them where the options have them.
@@ -539,20 +521,7 @@ def build(name, value, deriv, param_names, target_flags=None, static=None, dtype
         """The loop of value_chunk or both_chunk (``grad``), or with ``products`` of value_sums_chunk
         or both_sums_chunk: the product loop (the forms' options are constants in ``consts`` there)."""
         windowed = [a for a in args if a not in consts]
-        if not products:
-            return _lane_loop(*steps(step, consts, variants), not src.math_used, windowed, grad)
-        has = {False: forms["form"] is not None, True: variants and forms["form01"] is not None}
-
-        def product_step(variant):
-            f = fill(consts, variant)
-            p = "p" if grad else "pb[j]"
-            split = (_SPLIT_FORM.format(form=src.names["form01" if variant else "form"], p=p, PJ=f["PJ"])
-                     if has[variant] else _SPLIT_NONE.format(value=f["value"], p=p, PJ=f["PJ"]))
-            return (_PRODUCT_BOTH_STEP if grad else _PRODUCT_VALUE_STEP).format(SPLIT=split, **f)
-
-        maps = _maps(_PRODUCT_MAP, product_step(False), product_step(True) if variants else None, "l")
-        product = _PRODUCT.format(VIEWS=_block_views("BLOCK", windowed, grad), MAPS=maps, **_prefetch_text())
-        return product if not variants else _FIRST_BLOCK + product
+        return _lane_loop(*steps(step, consts, variants, products), not src.math_used, windowed, grad, products)
 
     def grad_loop(consts):
         windowed = [a for a in args if a not in consts]

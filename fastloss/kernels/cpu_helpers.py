@@ -211,7 +211,6 @@ def prefetch_lines(a, start, stop):
 # measurable, and inlined it added 0.15-0.3 s to the compile time of each kernel using it.
 # lanes_log1p_mul4, which runs every 1024, stays inlined: called, it cost bce_with_logits' value
 # 0.245 -> 0.28 ns per element (one core, in cache, float32), and log_cosh's all its gain.
-_VECTOR_BITS = CPU_VECTOR_BITS
 
 
 @njit(**CPU_SCALAR)
@@ -237,7 +236,20 @@ def lanes_log1p_mul4(prods, buf):
 def lanes_add_log1p(acc, prods):
     """acc[j] += log1p(prods[j]) in float64 (the log in the products' dtype), then prods[j] = 0:
     the lanes' products of ``lanes_log1p_mul4`` moved into the lanes' sums."""
-    prefer_vector_width(_VECTOR_BITS)
+    prefer_vector_width(CPU_VECTOR_BITS)
     for j in range(acc.size):
         acc[j] += vlog1p(prods[j])
         prods[j] = 0.0
+
+
+@njit(**CPU_SCALAR)
+def lanes_log1p_pass(acc, prods, ebuf, passes, every):
+    """A full buffer of factors into the lanes' products (lanes_log1p_mul4), and on the
+    ``every``-th such pass since the last, the products into the sums (lanes_add_log1p): the
+    number of passes since then."""
+    lanes_log1p_mul4(prods, ebuf)
+    passes += 1
+    if passes == every:
+        lanes_add_log1p(acc, prods)
+        return 0
+    return passes
